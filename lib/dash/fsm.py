@@ -1,0 +1,142 @@
+"""Threshold state machine of one slot: pure logic, table-driven, no allocation per step.
+
+The machine only decides. The application feeds it one event per sample or per order result
+and acts on the state it lands in (ORDERING means: place the order now).
+"""
+
+from micropython import const
+
+# States (small ints; persisted as they are, so never renumber).
+WARMUP = const(0)  # after boot, filter settling; resumes the persisted state when done
+MONITOR = const(1)  # level above the low threshold (or not yet confirmed low)
+CONFIRM = const(2)  # low, counting consecutive low samples
+ORDERING = const(3)  # an order must be placed (or its answer is outstanding)
+ORDERED = const(4)  # order placed, waiting for the refill
+INPROGRESS = const(5)  # DRS said ORDER_INPROGRESS: long back-off before asking again
+RETRY = const(6)  # transient failure: exponential back-off before asking again
+FAULT = const(7)  # sensor fault: nothing is decided on readings until they are sane
+SUSPENDED = const(8)  # needs a human: unknown slot, revoked registration, bad credentials
+N_STATES = const(9)
+
+NAMES = (
+    "warmup",
+    "monitor",
+    "confirm",
+    "ordering",
+    "ordered",
+    "inprogress",
+    "retry",
+    "fault",
+    "suspended",
+)
+
+# Events.
+E_LOW = const(0)  # sane reading at or below the low threshold
+E_MID = const(1)  # sane reading between the thresholds
+E_HIGH = const(2)  # sane reading at or above the high threshold (a refill)
+E_FAULT = const(3)  # implausible reading
+E_WARM = const(4)  # warm-up over
+E_CONFIRMED = const(5)  # enough consecutive low readings
+E_TIMER = const(6)  # the back-off deadline has passed
+E_PLACED = const(7)  # an order exists for this episode (placed, or ours in progress)
+E_INPROGRESS = const(8)  # somebody else's order is open
+E_RETRY = const(9)  # transient failure
+E_SUSPEND = const(10)  # permanent failure
+N_EVENTS = const(11)
+
+_R = const(15)  # "go back to the state we were in before warm-up or the fault"
+_S = const(14)  # "stay"
+
+# fmt: off
+# One row per state, one column per event:
+#   LOW        MID      HIGH     FAULT  WARM  CONFIRMED  TIMER     PLACED   INPROG      RETRY  SUSP
+_TABLE = bytes((
+    _S,        _S,      _S,      _S,    _R,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 WARMUP
+    CONFIRM,   _S,      _S,      FAULT, _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 MONITOR
+    _S,        MONITOR, MONITOR, FAULT, _S,   ORDERING,  _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 CONFIRM
+    _S,        _S,      _S,      _S,    _S,   _S,        _S,       ORDERED, INPROGRESS, RETRY, SUSPENDED,  # noqa: E501 ORDERING
+    _S,        _S,      MONITOR, FAULT, _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 ORDERED
+    _S,        _S,      MONITOR, FAULT, _S,   _S,        ORDERING, _S,      _S,         _S,    SUSPENDED,  # noqa: E501 INPROGRESS
+    _S,        _S,      MONITOR, FAULT, _S,   _S,        ORDERING, _S,      _S,         _S,    SUSPENDED,  # noqa: E501 RETRY
+    _R,        _R,      _R,      _S,    _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 FAULT
+    _S,        _S,      _S,      _S,    _S,   _S,        _S,       _S,      _S,         _S,    _S,         # noqa: E501 SUSPENDED
+))
+# fmt: on
+
+
+class Machine:
+    """One slot's machine. `state` and `resume` are what must survive a reboot."""
+
+    def __init__(self, low, high, confirm, warmup):
+        self.low = low
+        self.high = high
+        self.confirm = confirm
+        self.warmup = warmup
+        self.state = WARMUP
+        self.resume = MONITOR
+        self._count = 0
+
+    def restore(self, state):
+        """Start from a persisted state: warm up first, then carry on where we were."""
+        if state == SUSPENDED:
+            self.state = SUSPENDED
+            return
+        if state not in (ORDERING, ORDERED, INPROGRESS, RETRY):
+            state = MONITOR
+        self.resume = state
+        self.state = WARMUP
+        self._count = 0
+
+    def durable(self):
+        """The state worth persisting: what a reboot should come back to."""
+        s = self.state
+        if s == WARMUP or s == FAULT:
+            s = self.resume
+        return MONITOR if s == CONFIRM else s
+
+    def classify(self, level):
+        """Event for a sane reading; hysteresis lives in the gap between low and high."""
+        if level <= self.low:
+            return E_LOW
+        if level >= self.high:
+            return E_HIGH
+        return E_MID
+
+    def sample(self, level):
+        """Feed one filtered reading (negative = sensor fault). Returns the new state."""
+        if level < 0:
+            return self.event(E_FAULT)
+        ev = self.classify(level)
+        s = self.state
+        if s == WARMUP:
+            self._count += 1
+            if self._count < self.warmup:
+                return s
+            s = self.event(E_WARM)
+        elif s == FAULT:
+            s = self.event(ev)
+        # The reading that ends warm-up or a fault is also the resumed state's first one.
+        if ev == E_LOW and (s == MONITOR or s == CONFIRM):
+            self.event(E_LOW)
+            self._count += 1
+            if self._count >= self.confirm:
+                return self.event(E_CONFIRMED)
+            return self.state
+        return self.event(ev)
+
+    def event(self, ev):
+        """Apply one event through the table. Returns the new state."""
+        s = self.state
+        nxt = _TABLE[s * N_EVENTS + ev]
+        if nxt == _S:
+            return s
+        if nxt == _R:
+            nxt = self.resume
+            self.resume = MONITOR
+        elif nxt == FAULT:
+            # Remember what to go back to; an unconfirmed low starts over.
+            self.resume = MONITOR if s == CONFIRM else s
+        self.state = nxt
+        if nxt != CONFIRM:
+            self._count = 0
+        return nxt

@@ -1,0 +1,260 @@
+"""HTTPS client transport: verified TLS, bounded everything, no redirects, always closed.
+
+Why our own: micropython-lib `requests` sets CERT_NONE and follows redirects carrying the
+Authorization header. Here the server certificate must chain to the configured trust store and
+name the host; every socket operation has a timeout; the response head must fit one
+preallocated buffer and the body a caller-given limit; sockets are closed on every path.
+This module reports what happened; it decides nothing (no retries, no redirects).
+"""
+
+import socket
+import time
+from binascii import a2b_base64
+
+import tls
+from micropython import const
+
+# Error codes (HttpError.args[0]).
+E_DNS = const(1)
+E_CONNECT = const(2)
+E_TLS = const(3)  # handshake failed: untrusted certificate, wrong host name, protocol
+E_TIMEOUT = const(4)
+E_RESET = const(5)  # connection closed or reset before a whole answer arrived
+E_PROTO = const(6)  # malformed answer
+E_TOOBIG = const(7)  # answer larger than allowed
+E_CA = const(8)  # trust store missing or unreadable
+ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
+
+_HEAD_MAX = const(2048)  # status line plus headers
+_ETIMEDOUT = const(110)
+_EAGAIN = const(11)
+
+
+class HttpError(Exception):
+    pass
+
+
+def _fail(code, detail=""):
+    raise HttpError(code, detail)
+
+
+def load_trust_store(path):
+    """DER certificates from a PEM bundle, read line by line (mbedTLS here parses DER only)."""
+    ders = []
+    b64 = None
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                line = line.strip()
+                if line == b"-----BEGIN CERTIFICATE-----":
+                    b64 = []
+                elif line == b"-----END CERTIFICATE-----" and b64 is not None:
+                    ders.append(a2b_base64(b"".join(b64)))
+                    b64 = None
+                elif b64 is not None:
+                    b64.append(line)
+    except (OSError, ValueError):
+        _fail(E_CA, path)
+    if not ders:
+        _fail(E_CA, path)
+    return ders
+
+
+class Https:
+    def __init__(self, ca_path, timeout_s):
+        self.ca_path = ca_path
+        self.timeout_s = timeout_s
+        self.handshakes = 0  # TLS handshakes since boot, for tests and benchmarks
+        self._ctx = None
+        self._addr = {}
+        self._head = bytearray(_HEAD_MAX)
+
+    def _context(self):
+        if self._ctx is None:
+            ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = tls.CERT_REQUIRED  # explicit: facades default to CERT_NONE
+            for der in load_trust_store(self.ca_path):
+                try:
+                    ctx.load_verify_locations(der)
+                except ValueError:
+                    _fail(E_CA, self.ca_path)
+            self._ctx = ctx
+        return self._ctx
+
+    def _resolve(self, host, port):
+        key = (host, port)
+        ai = self._addr.get(key)
+        if ai is None:
+            try:
+                ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+            except (OSError, IndexError):
+                _fail(E_DNS, host)
+            ai = (ai[0], ai[-1])
+            self._addr[key] = ai
+        return ai
+
+    def request(self, method, host, port, path, headers=b"", body=b"", max_body=1024):
+        """Send one request; return (status, body bytes, headers dict of the few we keep).
+
+        `headers` are complete header lines (bytes, each ending CRLF). The answer's header
+        names we keep: retry-after, content-type, location (values as bytes).
+        """
+        ctx = self._context()
+        family, addr = self._resolve(host, port)
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        s = None
+        try:
+            # A TLS socket has no settimeout: the plain socket's timeout bounds every
+            # handshake step and read through it.
+            raw.settimeout(self.timeout_s)
+            try:
+                raw.connect(addr)
+            except OSError as e:
+                self._addr.pop((host, port), None)
+                _fail(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
+            self.handshakes += 1
+            try:
+                s = ctx.wrap_socket(raw, server_hostname=host)
+            except OSError as e:
+                _fail(E_TIMEOUT if _timeout(e) else E_TLS, host)
+            except ValueError as e:
+                # mbedTLS verification failures arrive as ValueError with a reason.
+                _fail(E_TLS, str(e).strip())
+            try:
+                s.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, host.encode()))
+                s.write(headers)
+                s.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                if body:
+                    s.write(body)
+                return self._response(s, max_body)
+            except OSError as e:
+                _fail(E_TIMEOUT if _timeout(e) else E_RESET, host)
+        finally:
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+            raw.close()
+
+    def _response(self, s, max_body):
+        head = self._head
+        mv = memoryview(head)
+        n = 0
+        end = -1
+        deadline = time.ticks_add(time.ticks_ms(), self.timeout_s * 3000)
+        while end < 0:
+            if n >= _HEAD_MAX:
+                _fail(E_TOOBIG, "head")
+            got = s.readinto(mv[n:])
+            if not got:
+                _fail(E_RESET, "head")
+            n += got
+            end = head.find(b"\r\n\r\n", 0, n)
+            _check_deadline(deadline)
+        # Status line: HTTP/1.x NNN reason
+        eol = head.find(b"\r\n")
+        if head[:7] not in (b"HTTP/1.", b"HTTP/1") or eol < 12 or head[12:13] not in (b" ", b"\r"):
+            _fail(E_PROTO, "status")
+        try:
+            status = int(head[9:12])
+        except ValueError:
+            _fail(E_PROTO, "status")
+        if not 100 <= status <= 599:
+            _fail(E_PROTO, "status")
+        kept = {}
+        length = -1
+        chunked = False
+        pos = eol + 2
+        while pos < end:
+            eol = head.find(b"\r\n", pos, end + 2)
+            colon = head.find(b":", pos, eol)
+            if colon <= pos:
+                _fail(E_PROTO, "header")
+            name = bytes(head[pos:colon]).lower()
+            value = bytes(head[colon + 1 : eol]).strip()
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    _fail(E_PROTO, "content-length")
+                if length < 0:
+                    _fail(E_PROTO, "content-length")
+            elif name == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            elif name in (b"retry-after", b"content-type", b"location"):
+                kept[name.decode()] = value
+            pos = eol + 2
+        extra = bytes(head[end + 4 : n])
+        if chunked:
+            body = _read_chunked(s, extra, max_body, deadline)
+        else:
+            if length > max_body:
+                _fail(E_TOOBIG, "body")
+            body = _read_body(s, extra, length, max_body, deadline)
+        return status, body, kept
+
+
+def _timeout(e):
+    return e.errno in (_ETIMEDOUT, _EAGAIN) or (e.args and e.args[0] in (_ETIMEDOUT, _EAGAIN))
+
+
+def _check_deadline(deadline):
+    if time.ticks_diff(deadline, time.ticks_ms()) < 0:
+        _fail(E_TIMEOUT, "slow")
+
+
+def _read_body(s, extra, length, max_body, deadline):
+    """Exactly `length` bytes, or until close when the server gave no length."""
+    want = length if length >= 0 else max_body + 1
+    body = bytearray(want)
+    have = min(len(extra), want)
+    body[:have] = extra[:have]
+    mv = memoryview(body)
+    while have < want:
+        got = s.readinto(mv[have:])
+        if not got:
+            if length < 0:
+                return bytes(mv[:have])
+            _fail(E_RESET, "body")
+        have += got
+        _check_deadline(deadline)
+    if length < 0:
+        _fail(E_TOOBIG, "body")
+    return bytes(body)
+
+
+def _read_chunked(s, data, max_body, deadline):
+    """De-chunk into at most `max_body` bytes."""
+    body = bytearray()
+    buf = bytearray(data)
+    while True:
+        eol = buf.find(b"\r\n")
+        while eol < 0:
+            if len(buf) > 64:
+                _fail(E_PROTO, "chunk")
+            more = s.read(64)
+            if not more:
+                _fail(E_RESET, "chunk")
+            buf += more
+            eol = buf.find(b"\r\n")
+            _check_deadline(deadline)
+        try:
+            size = int(bytes(buf[:eol]).split(b";")[0], 16)
+        except ValueError:
+            _fail(E_PROTO, "chunk")
+        del buf[: eol + 2]
+        if size == 0:
+            return bytes(body)
+        if len(body) + size > max_body:
+            _fail(E_TOOBIG, "body")
+        while len(buf) < size + 2:
+            more = s.read(min(512, size + 2 - len(buf)))
+            if not more:
+                _fail(E_RESET, "chunk")
+            buf += more
+            _check_deadline(deadline)
+        if buf[size : size + 2] != b"\r\n":
+            _fail(E_PROTO, "chunk")
+        body += buf[:size]
+        del buf[: size + 2]

@@ -1,0 +1,61 @@
+"""The thin platform layer: the only module that knows whether it runs on an ESP32 or the
+unix port. Clock, sensor adapters and network bring-up live here; nothing else imports
+`machine` or `network`."""
+
+import sys
+import time
+
+from micropython import const
+
+ESP32 = sys.platform == "esp32"
+# Ports whose epoch is 2000 report gmtime(0) in 2000; DRS wants Unix time.
+_EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_MIN_WALL = const(1704067200)  # 2024-01-01: earlier means the RTC was never set
+
+
+class Clock:
+    """Real time. Tests and the simulator inject an object with the same five methods."""
+
+    ticks_ms = staticmethod(time.ticks_ms)
+    ticks_diff = staticmethod(time.ticks_diff)
+    ticks_add = staticmethod(time.ticks_add)
+    sleep_ms = staticmethod(time.sleep_ms)
+
+    def wall(self):
+        """Unix seconds, or 0 while the wall clock is unknown (before NTP on a board)."""
+        t = int(time.time()) + _EPOCH
+        return t if t >= _MIN_WALL else 0
+
+
+class FileSensor:
+    """Reads an integer from a file: the unix port's stand-in for a sensor, which a test or a
+    person sets from outside the process. Returns None when unreadable."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def read(self):
+        try:
+            with open(self.path) as f:
+                return int(f.read(16))
+        except (OSError, ValueError):
+            return None
+
+
+class AdcSensor:
+    """An analog level sensor on an ESP32 ADC pin, 16-bit scaled. Allocates nothing."""
+
+    def __init__(self, pin):
+        import machine
+
+        self._adc = machine.ADC(machine.Pin(pin))
+        self._adc.atten(machine.ADC.ATTN_11DB)
+
+    def read(self):
+        return self._adc.read_u16()
+
+
+def open_sensor(cfg):
+    if cfg["kind"] == "adc":
+        return AdcSensor(cfg["pin"])
+    return FileSensor(cfg["path"])

@@ -1,0 +1,10 @@
+"""Outcome codes shared by the LwA and DRS clients and the application. Constants only."""
+
+from micropython import const
+
+OK = const(0)  # done
+TRANSIENT = const(1)  # network fault, 429, 5xx: back off and try again
+AUTH = const(2)  # DRS refused the access token (400/401/403): refresh once, retry once
+SUSPEND = const(3)  # needs a human: unknown slot, revoked registration, bad client
+INPROGRESS = const(4)  # DRS: an order is already open
+UNKNOWN = const(5)  # DRS answered 200 with something we do not understand

@@ -1,0 +1,85 @@
+"""Atomic, checksummed JSON records on flash (littlefs on ESP32, the unix port's directory).
+
+Each record is one file: its JSON, a newline, `#` and the CRC-32 of the JSON in hex. A write
+goes to `<name>.tmp`, is closed (durable on littlefs), then renamed over the record (one atomic
+littlefs commit), so a power cut leaves the old record or the new one, never a mix. A record
+that is missing, truncated or fails its checksum reads as None; the caller picks a safe default.
+A record identical to the last one written or read is not written again.
+"""
+
+import json
+import os
+from binascii import crc32
+
+from micropython import const
+
+_MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
+
+
+class Store:
+    def __init__(self, root="."):
+        self.root = root
+        self.writes = 0  # flash writes since boot, for tests and benchmarks
+        self.bytes = 0
+        self._crc = {}
+
+    def _path(self, name):
+        return self.root + "/" + name
+
+    def load(self, name):
+        """The record as a dict, or None when it is missing or corrupt."""
+        try:
+            with open(self._path(name), "rb") as f:
+                raw = f.read(_MAX + 1)
+        except OSError:
+            return None
+        cut = raw.rfind(b"\n#")
+        if cut < 0 or len(raw) > _MAX:
+            return None
+        body = raw[:cut]
+        try:
+            crc = int(raw[cut + 2 :].strip(), 16)
+        except ValueError:
+            return None
+        if crc32(body) != crc:
+            return None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        self._crc[name] = crc
+        return obj
+
+    def save(self, name, obj):
+        """Write atomically unless unchanged. Returns True when it wrote."""
+        body = json.dumps(obj).encode()
+        crc = crc32(body)
+        if self._crc.get(name) == crc:
+            return False
+        path = self._path(name)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.write(b"\n#%08x\n" % crc)
+        os.rename(tmp, path)
+        self._crc[name] = crc
+        self.writes += 1
+        self.bytes += len(body) + 11
+        return True
+
+    def remove(self, name):
+        self._crc.pop(name, None)
+        for p in (self._path(name), self._path(name) + ".tmp"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+
+    def exists(self, name):
+        try:
+            os.stat(self._path(name))
+            return True
+        except OSError:
+            return False

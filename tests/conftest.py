@@ -1,0 +1,59 @@
+"""Fixtures: test certificates generated at run time, a fresh DRS/LwA emulator per test, and
+devices (the real firmware under the real `micropython`) wired to it."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from certs import ensure_certs  # noqa: E402
+from devicectl import Device  # noqa: E402
+from drs_emulator import Emulator  # noqa: E402
+
+CLIENT_ID = "amzn1.application-oa2-client.test"
+CLIENT_SECRET = "test-secret"
+
+
+@pytest.fixture(scope="session")
+def certs():
+    return ensure_certs(str(REPO / "build" / "certs"))
+
+
+@pytest.fixture
+def emulator(certs):
+    emu = Emulator(str(REPO / "build" / "certs"), client_id=CLIENT_ID,
+                   client_secret=CLIENT_SECRET).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def make_device(tmp_path, emulator, certs):
+    devices = []
+
+    def make(port=None, config=None, refresh_token=None, ca=None, **kw):
+        dev = Device(
+            tmp_path / ("dev%d" % len(devices)),
+            ca or certs["ca"],
+            port or emulator.port,
+            refresh_token or emulator.add_refresh_token(),
+            CLIENT_ID,
+            kw.pop("client_secret", CLIENT_SECRET),
+            config=config,
+            **kw,
+        )
+        devices.append(dev)
+        return dev
+
+    yield make
+    for d in devices:
+        d.stop()
+
+
+@pytest.fixture
+def device(make_device):
+    return make_device().start()

@@ -1,0 +1,134 @@
+"""Host-side control of a firmware process: the real `micropython` running tools/vdevice.py
+with a temporary directory as its flash. Used by the integration tests and by `make sim`."""
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MICROPYTHON = os.environ.get("MICROPYTHON", str(REPO / ".venv" / "bin" / "micropython"))
+LOG_LINE = re.compile(r"^\[\s*(\d+)\] (\S+) (\{.*\})$")
+DEFAULT_CONFIG = {
+    "slot_id": "slot-a",
+    "low": 200,
+    "high": 800,
+    "confirm_samples": 3,
+    "warmup_samples": 2,
+    "sample_s": 60,
+    "inprogress_backoff_s": 6 * 3600,
+    "retry_base_s": 30,
+    "retry_cap_s": 3600,
+    "http_timeout_s": 3,
+    "sensor": {"kind": "file", "path": "level.txt", "raw_empty": 0, "raw_full": 1000,
+               "capacity": 1000},
+}
+
+
+class Device:
+    """One simulated board. `events` collects every log event as (uptime_s, tag, fields)."""
+
+    def __init__(self, root, ca_file, port, refresh_token, client_id, client_secret="",
+                 config=None, wall=1790000000):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.wall = wall
+        cfg = json.loads(json.dumps(DEFAULT_CONFIG))
+        cfg["drs_url"] = "https://localhost:%d" % port
+        cfg["lwa_url"] = "https://localhost:%d/auth/o2/token" % port
+        cfg.update(config or {})
+        self.write_json("config.json", cfg)
+        secrets = {"client_id": client_id, "refresh_token": refresh_token}
+        if client_secret:
+            secrets["client_secret"] = client_secret
+        self.write_json("secrets.json", secrets)
+        shutil.copy(ca_file, self.root / "ca.pem")
+        self.set_level(900)
+        self.proc = None
+        self.events = []
+        self.output = []  # every line the process printed, for secret checks
+        self.boot_ok = None
+
+    def write_json(self, name, obj):
+        (self.root / name).write_text(json.dumps(obj))
+
+    def set_level(self, raw):
+        (self.root / "level.txt").write_text("%d\n" % raw)
+
+    def start(self):
+        env = dict(os.environ, MICROPYPATH=str(REPO / "lib"), VDEVICE_WALL=str(self.wall))
+        self.proc = subprocess.Popen(
+            [MICROPYTHON, str(REPO / "tools" / "vdevice.py")],
+            cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )
+        self._q = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()
+        self.boot_ok = self._wait("@boot")["ok"]
+        return self
+
+    @staticmethod
+    def _pump(stream, q):
+        for line in stream:
+            q.put(line.rstrip("\n"))
+        q.put(None)
+
+    def _wait(self, marker, timeout=120):
+        while True:
+            try:
+                line = self._q.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError("device said nothing for %ds" % timeout) from None
+            if line is None:
+                raise RuntimeError("device exited:\n" + "\n".join(self.output[-30:]))
+            self.output.append(line)
+            if line.startswith(marker + " "):
+                return json.loads(line[len(marker) + 1:])
+            m = LOG_LINE.match(line)
+            if m:
+                self.events.append((int(m.group(1)), m.group(2), json.loads(m.group(3))))
+
+    def _send(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, seconds):
+        """Advance virtual time; returns the status afterwards."""
+        self._send("run %d" % int(seconds * 1000))
+        return self._wait("@done")
+
+    def status(self):
+        self._send("status")
+        return self._wait("@status")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self._send("exit")
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        """A power cut: no goodbye, no flush of anything the firmware did not write itself."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.events = []
+        return self.start()
+
+    def tagged(self, tag):
+        return [f for _, t, f in self.events if t == tag]
+
+    def state_record(self):
+        raw = (self.root / "state.json").read_bytes()
+        return json.loads(raw[: raw.rfind(b"\n#")])

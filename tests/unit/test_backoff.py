@@ -1,0 +1,29 @@
+from dash.backoff import parse_retry_after, retry_delay_s
+
+
+def test_ceiling_doubles_and_caps():
+    for att, hi in ((0, 10), (1, 20), (2, 40), (3, 80), (10, 100), (40, 100)):
+        for rnd in (0, 1, 7, 123456, 0xFFFFFF):
+            d = retry_delay_s(att, 10, 100, rnd)
+            assert 10 <= d <= hi, (att, rnd, d)
+        assert retry_delay_s(att, 10, 100, hi - 10) == hi
+
+
+def test_jitter_spreads():
+    seen = {retry_delay_s(5, 10, 1000, r) for r in range(0, 5000, 37)}
+    assert len(seen) > 50
+
+
+def test_retry_after_is_a_floor_within_the_cap():
+    assert retry_delay_s(0, 10, 3600, 0, 120) == 120
+    assert retry_delay_s(0, 10, 3600, 0, 99999) == 3600
+    assert retry_delay_s(3, 10, 3600, 70, 5) == 80
+
+
+def test_parse_retry_after():
+    assert parse_retry_after(b"120") == 120
+    assert parse_retry_after(b" 7 ") == 7
+    assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") == -1
+    assert parse_retry_after(b"") == -1
+    assert parse_retry_after(None) == -1
+    assert parse_retry_after(b"99999999999999") == -1

@@ -1,0 +1,94 @@
+from dash import config
+
+
+def good():
+    return {
+        "slot_id": "slot-a",
+        "low": 200,
+        "high": 800,
+        "sensor": {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000},
+    }
+
+
+SECRETS = {"client_id": "amzn1.application-oa2-client.x", "refresh_token": "Atzr|abc"}
+
+
+def errors_of(raw, sec=SECRETS):
+    return config.validate(raw, sec)[2]
+
+
+def test_good_config_fills_defaults():
+    cfg, sec, errors = config.validate(good(), SECRETS)
+    assert errors == []
+    assert cfg["drs_url"] == "https://dash-replenishment-service-na.amazon.com"
+    assert cfg["sensor"]["median"] == 5
+    assert sec["client_secret"] == ""
+
+
+def test_each_bad_key_is_named():
+    raw = good()
+    raw["low"] = "200"
+    raw["sample_s"] = 0
+    raw["slot_id"] = "../admin"
+    raw["drs_url"] = "http://plain.example"
+    raw["sensor"]["kind"] = "laser"
+    raw["colour"] = "red"
+    errors = errors_of(raw)
+    for key in ("'low'", "'sample_s'", "'slot_id'", "'drs_url'", "'sensor.kind'", "'colour'"):
+        assert sum(1 for e in errors if key in e) == 1, (key, errors)
+
+
+def test_missing_required_keys():
+    errors = errors_of({"sensor": {}}, {})
+    for key in ("slot_id", "low", "high", "sensor.kind", "sensor.capacity", "client_id",
+                "refresh_token"):
+        assert any("'%s' is missing" % key in e for e in errors), key
+
+
+def test_cross_field_rules():
+    raw = good()
+    raw["low"] = 900
+    assert any("'low' must be below 'high'" in e for e in errors_of(raw))
+    raw = good()
+    raw["sensor"]["raw_full"] = 0
+    assert any("raw_full" in e for e in errors_of(raw))
+
+
+def test_secret_values_never_in_messages():
+    sec = {"client_id": "x", "refresh_token": "Atzr|SECRET VALUE", "client_secret": 5}
+    errors = errors_of(good(), sec)
+    assert len(errors) == 2
+    assert not any("SECRET" in e for e in errors)
+
+
+def test_not_json_and_missing_files(tmp="/tmp/dash-unit-cfg"):
+    import os
+
+    try:
+        os.mkdir(tmp)
+    except OSError:
+        pass
+    with open(tmp + "/config.json", "w") as f:
+        f.write("{not json")
+    try:
+        os.remove(tmp + "/secrets.json")
+    except OSError:
+        pass
+    errors = config.load(tmp)[2]
+    assert any("config.json: not valid JSON" in e for e in errors)
+    assert any("secrets.json: file is missing" in e for e in errors)
+
+
+def test_parse_url():
+    assert config.parse_url("https://h.example") == ("h.example", 443, "")
+    assert config.parse_url("https://localhost:8443/auth/o2/token") == (
+        "localhost", 8443, "/auth/o2/token")
+    assert config.parse_url("http://h") is None
+    assert config.parse_url("https://h:x/") is None
+    assert config.parse_url("https://u@h/") is None
+
+
+def test_valid_slot():
+    assert config.valid_slot("6a1b-Z_9.~")
+    for bad in ("", "a/b", "a b", "a?b", "a%2F", "x" * 129, "é"):
+        assert not config.valid_slot(bad), bad

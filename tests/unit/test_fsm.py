@@ -1,0 +1,118 @@
+from dash import fsm
+
+
+def machine(confirm=3, warmup=2):
+    return fsm.Machine(low=200, high=800, confirm=confirm, warmup=warmup)
+
+
+def feed(m, *levels):
+    for v in levels:
+        m.sample(v)
+    return m.state
+
+
+def test_warmup_decides_nothing():
+    m = machine(warmup=3)
+    assert feed(m, 0, 0) == fsm.WARMUP
+
+
+def test_low_needs_n_consecutive_samples():
+    m = machine()
+    feed(m, 500, 500)
+    assert feed(m, 100, 100) == fsm.CONFIRM
+    assert feed(m, 500) == fsm.MONITOR  # one sane reading above low restarts the count
+    assert feed(m, 100, 100) == fsm.CONFIRM
+    assert feed(m, 100) == fsm.ORDERING
+
+
+def test_hysteresis_needs_high_to_rearm():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    assert m.event(fsm.E_PLACED) == fsm.ORDERED
+    assert feed(m, 700, 100, 799) == fsm.ORDERED
+    assert feed(m, 800) == fsm.MONITOR
+
+
+def test_one_order_sequence_per_episode():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    m.event(fsm.E_PLACED)
+    orders = 0
+    for v in (100, 50, 0, 0, 300, 100):
+        if m.sample(v) == fsm.ORDERING:
+            orders += 1
+    assert orders == 0
+
+
+def test_fault_remembers_the_episode():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    m.event(fsm.E_PLACED)
+    assert feed(m, -1) == fsm.FAULT
+    assert feed(m, 100) == fsm.ORDERED  # back where we were, no second order
+    assert feed(m, -4, 900) == fsm.MONITOR
+
+
+def test_fault_never_orders():
+    m = machine(confirm=1)
+    feed(m, 500, 500)
+    for _ in range(20):
+        assert m.sample(-2) == fsm.FAULT
+
+
+def test_fault_during_confirm_restarts_confirmation():
+    m = machine(confirm=3)
+    feed(m, 500, 500, 100, 100, -1)
+    assert m.state == fsm.FAULT
+    assert feed(m, 100) == fsm.CONFIRM
+    assert feed(m, 100) == fsm.CONFIRM
+    assert feed(m, 100) == fsm.ORDERING
+
+
+def test_backoff_states_and_refill():
+    for ev, st in ((fsm.E_INPROGRESS, fsm.INPROGRESS), (fsm.E_RETRY, fsm.RETRY)):
+        m = machine(confirm=1)
+        feed(m, 500, 500, 100)
+        assert m.event(ev) == st
+        assert feed(m, 100, 500) == st
+        assert m.event(fsm.E_TIMER) == fsm.ORDERING
+        m.event(ev)
+        assert feed(m, 900) == fsm.MONITOR
+
+
+def test_suspended_is_final():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    assert m.event(fsm.E_SUSPEND) == fsm.SUSPENDED
+    assert feed(m, 900, 100, -1) == fsm.SUSPENDED
+    assert m.event(fsm.E_TIMER) == fsm.SUSPENDED
+
+
+def test_restore_resumes_after_warmup():
+    m = machine(warmup=2)
+    m.restore(fsm.ORDERED)
+    assert m.state == fsm.WARMUP
+    assert m.durable() == fsm.ORDERED
+    assert feed(m, 100, 100) == fsm.ORDERED
+    m = machine(warmup=1)
+    m.restore(fsm.ORDERING)
+    assert feed(m, 100) == fsm.ORDERING
+    m.restore(fsm.CONFIRM)
+    assert m.durable() == fsm.MONITOR
+    m.restore(99)
+    assert m.durable() == fsm.MONITOR
+    m.restore(fsm.SUSPENDED)
+    assert m.state == fsm.SUSPENDED
+
+
+def test_sample_allocates_nothing():
+    import micropython
+
+    m = machine(confirm=1000, warmup=1)
+    feed(m, 500, 500)
+    micropython.heap_lock()
+    try:
+        for v in (500, 100, 100, 600, 900, -1, 500):
+            m.sample(v)
+    finally:
+        micropython.heap_unlock()

@@ -1,0 +1,65 @@
+from dash.signal import F_JUMP, F_RANGE, F_SATURATED, F_STUCK, Signal
+
+
+def test_calibrates_to_quantity():
+    s = Signal(raw_empty=1000, raw_full=3000, capacity=500, median=1)
+    assert s.feed(1000) == 0
+    assert s.feed(2000) == 250
+    assert s.feed(3000) == 500
+
+
+def test_inverted_sensor():
+    s = Signal(raw_empty=3000, raw_full=1000, capacity=100, median=1)
+    assert s.feed(3000) == 0
+    assert s.feed(1000) == 100
+
+
+def test_median_removes_a_spike():
+    s = Signal(0, 1000, 1000, median=5)
+    out = [s.feed(r) for r in (500, 500, 500, 0, 500, 500)]
+    assert 0 not in out[3:], out
+
+
+def test_out_of_range_and_saturated():
+    s = Signal(100, 900, 1000, margin=50, raw_max=4095)
+    assert s.feed(40) == F_RANGE
+    assert s.feed(960) == F_RANGE
+    s = Signal(0, 4095, 1000, margin=10, raw_max=4095)
+    assert s.feed(4095) == F_SATURATED
+    assert s.feed(0) == F_SATURATED
+
+
+def test_stuck():
+    s = Signal(0, 1000, 1000, stuck=4, median=1)
+    out = [s.feed(500) for _ in range(6)]
+    assert out[:3] == [500, 500, 500] and F_STUCK in out
+    assert s.feed(501) == 501
+
+
+def test_sudden_drop_is_a_fault_until_it_comes_back():
+    s = Signal(0, 1000, 1000, max_drop=100, median=1)
+    assert s.feed(800) == 800
+    assert s.feed(750) == 750
+    assert s.feed(100) == F_JUMP
+    assert s.feed(100) == F_JUMP
+    assert s.feed(740) == 740
+    assert s.feed(1000) == 1000  # rising is a refill, never a fault
+
+
+def test_ema_smooths():
+    s = Signal(0, 1000, 1000, median=1, ema_shift=2)
+    s.feed(800)
+    assert 600 < s.feed(400) < 800
+
+
+def test_feed_allocates_nothing():
+    import micropython
+
+    s = Signal(0, 4000, 1000, margin=100, raw_max=4095, stuck=10, max_drop=300, ema_shift=2)
+    s.feed(2000)
+    micropython.heap_lock()
+    try:
+        for r in (2000, 2010, 1990, 5000, 0, 2000, 100, 2000):
+            s.feed(r)
+    finally:
+        micropython.heap_unlock()

@@ -1,0 +1,44 @@
+import os
+
+from dash.store import Store
+
+ROOT = "/tmp/dash-unit-store"
+
+
+def fresh_store():
+    try:
+        os.mkdir(ROOT)
+    except OSError:
+        pass
+    for f in os.listdir(ROOT):
+        os.remove(ROOT + "/" + f)
+    return Store(ROOT)
+
+
+def test_roundtrip_and_no_rewrite_when_unchanged():
+    s = fresh_store()
+    assert s.save("a.json", {"st": 4, "ev": "x"})
+    assert not s.save("a.json", {"st": 4, "ev": "x"})
+    assert s.writes == 1
+    assert Store(ROOT).load("a.json") == {"st": 4, "ev": "x"}
+    assert os.listdir(ROOT) == ["a.json"]
+
+
+def test_corruption_reads_as_none():
+    s = fresh_store()
+    s.save("a.json", {"st": 4})
+    data = open(ROOT + "/a.json", "rb").read()
+    for bad in (data[:5], data.replace(b"4", b"5"), b"", b"\x00" * 40, b"[1]\n#0\n"):
+        with open(ROOT + "/a.json", "wb") as f:
+            f.write(bad)
+        assert Store(ROOT).load("a.json") is None, bad
+    assert Store(ROOT).load("missing.json") is None
+
+
+def test_after_load_an_identical_save_is_skipped():
+    s = fresh_store()
+    s.save("a.json", {"k": 1})
+    s2 = Store(ROOT)
+    s2.load("a.json")
+    assert not s2.save("a.json", {"k": 1})
+    assert s2.save("a.json", {"k": 2})

@@ -1,0 +1,75 @@
+"""A device on the unix port with a virtual clock, driven line by line over stdin.
+
+Runs under `micropython` (not CPython) with the working directory as the device's flash and
+MICROPYPATH pointing at the repo's lib/. The firmware is the real one; only time is virtual,
+so tests and `make sim` can live through weeks in seconds. Commands, one per line:
+  run MS     advance virtual time by MS milliseconds, stepping the app whenever it is due
+  status     print the app's status
+  exit
+Answers start with '@'; everything else on stdout is the firmware's own log.
+Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown).
+"""
+
+import json
+import os
+import sys
+
+from dash.app import App
+
+_MASK = 0x3FFFFFFF
+_HALF = 0x20000000
+
+
+class VirtualClock:
+    """Same interface as dash.platform.Clock; ticks wrap like a board's."""
+
+    def __init__(self, wall0):
+        self.t = 0
+        self.wall0 = wall0
+
+    def ticks_ms(self):
+        return self.t & _MASK
+
+    def ticks_diff(self, a, b):
+        return ((a - b + _HALF) & _MASK) - _HALF
+
+    def ticks_add(self, a, d):
+        return (a + d) & _MASK
+
+    def sleep_ms(self, ms):
+        self.t += ms
+
+    def wall(self):
+        return self.wall0 + self.t // 1000 if self.wall0 else 0
+
+
+def main():
+    wall = os.getenv("VDEVICE_WALL")
+    clock = VirtualClock(int(wall) if wall is not None else 1790000000)
+    app = App(".", clock)
+    ok = app.boot()
+    print("@boot " + json.dumps({"ok": ok}))
+    due = 0
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "run":
+            end = clock.t + int(cmd[1])
+            while ok and due <= end:
+                clock.t = due
+                due += app.step()
+            clock.t = end
+            print("@done " + json.dumps(app.status()))
+        elif cmd[0] == "status":
+            print("@status " + json.dumps(app.status()))
+        elif cmd[0] == "exit":
+            break
+        else:
+            print("@error " + json.dumps({"unknown": cmd[0]}))
+
+
+main()
