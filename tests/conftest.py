@@ -8,11 +8,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO / "tests"))
 
 from certs import ensure_certs  # noqa: E402
 from devicectl import Device  # noqa: E402
 from drs_emulator import Emulator  # noqa: E402
+
+# tests/unit run inside MicroPython (see test_unit_mpy.py), not under CPython.
+collect_ignore = ["unit"]
 
 CLIENT_ID = "amzn1.application-oa2-client.test"
 CLIENT_SECRET = "test-secret"

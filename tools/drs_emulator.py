@@ -162,6 +162,14 @@ class Emulator:
                     return order["event_instance_id"]
         return None
 
+    def place_order(self, slot, event_id="amzn1.dash.v2.o.ro.elsewhere"):
+        """An order opened outside this device (the customer, another device): DRS will
+        answer ORDER_INPROGRESS until it is delivered."""
+        with self._lock:
+            self.orders.append({"slot": slot, "event_instance_id": event_id,
+                                "detail_code": "STANDARD_ORDER_PLACED", "open": True})
+        return event_id
+
     def mark_delivered(self, slot):
         """Close the slot's open order; return its event id (None if there was none)."""
         with self._lock:

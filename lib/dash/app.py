@@ -123,9 +123,11 @@ class App:
     def _restore(self):
         rec = self.store.load(STATE)
         if rec is None:
-            if self.store.exists(STATE):
-                self.log("state-reset", reason="state file corrupt; starting from defaults")
             rec = {}
+            if self.store.exists(STATE):
+                # We cannot know whether an order is open; if DRS says one is, take it as ours.
+                rec["unc"] = 1
+                self.log("state-reset", reason="state file corrupt; starting from defaults")
         self._rec = rec
         st = rec.get("st", fsm.MONITOR)
         if not isinstance(st, int):
@@ -229,7 +231,11 @@ class App:
         rec["fl"] = 1
         self._persist()  # the intent is on flash before anything leaves the device
         self.log("order-request", slot=cfg["slot_id"], attempt=rec.get("att", 0))
-        outcome, eid, code, reason, hdrs = self._replenish()
+        try:
+            outcome, eid, code, reason, hdrs = self._replenish()
+        except Exception as e:  # noqa: BLE001 - a bug or MemoryError must not stop the device
+            rec["unc"] = 1
+            outcome, eid, code, reason, hdrs = result.TRANSIENT, None, None, _describe(e), {}
         rec["fl"] = 0
         if outcome == result.OK or (outcome == result.INPROGRESS and rec.get("unc")):
             test = code == "TEST_ORDER_PLACED"
@@ -305,6 +311,10 @@ class App:
             return outcome, eid, dc, reason, hdrs
 
 
+def _describe(e):
+    return "internal error: %s %s" % (type(e).__name__, str(e)[:60])
+
+
 def _rand():
     from os import urandom
 
@@ -321,4 +331,9 @@ def main():
         while True:
             clock.sleep_ms(_IDLE_MS)
     while True:
-        clock.sleep_ms(app.step())
+        try:
+            wait = app.step()
+        except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
+            app.log("error", reason=_describe(e))
+            wait = _IDLE_MS
+        clock.sleep_ms(wait)

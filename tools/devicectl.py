@@ -21,7 +21,7 @@ DEFAULT_CONFIG = {
     "warmup_samples": 2,
     "sample_s": 60,
     "inprogress_backoff_s": 6 * 3600,
-    "retry_base_s": 30,
+    "retry_base_s": 900,
     "retry_cap_s": 3600,
     "http_timeout_s": 3,
     "sensor": {"kind": "file", "path": "level.txt", "raw_empty": 0, "raw_full": 1000,

@@ -1,0 +1,284 @@
+"""What the firmware does with every kind of bad answer, bad input and interruption."""
+
+import json
+import time
+
+LOW, FULL = 100, 900
+MIN = 60
+HOUR = 3600
+
+
+def drain(dev, minutes=8):
+    dev.set_level(LOW)
+    return dev.run(minutes * MIN)
+
+
+def replenishes(emu):
+    return emu.requests_to("/replenish/")
+
+
+def token_calls(emu):
+    return emu.requests_to("/auth/o2/token")
+
+
+def test_400_means_one_refresh_and_one_retry(device, emulator):
+    emulator.inject("/replenish/", "status", status=400, body={"message": "bad token"})
+    st = drain(device)
+    assert st["state"] == "ordered" and st["orders_placed"] == 1
+    assert len(token_calls(emulator)) == 2 and len(replenishes(emulator)) == 2
+
+
+def test_400_twice_is_reported_and_backed_off(device, emulator):
+    emulator.inject("/replenish/", "status", times=2, status=400, body={"message": "no"})
+    st = drain(device)
+    assert st["state"] == "retry" and st["orders_placed"] == 0
+    assert len(token_calls(emulator)) == 2 and len(replenishes(emulator)) == 2
+    (failed,) = device.tagged("order-failed")
+    assert "400" in failed["reason"]
+    device.run(20)
+    assert len(replenishes(emulator)) == 2  # no hammering
+    device.run(2 * HOUR)
+    assert device.status()["state"] == "ordered"
+
+
+def test_404_suspends_until_the_config_changes(make_device, emulator):
+    dev = make_device(config={"slot_id": "no-such-slot"}).start()
+    st = drain(dev)
+    assert st["state"] == "suspended" and "404" in st["reason"]
+    dev.run(24 * HOUR)
+    assert len(replenishes(emulator)) == 1
+    dev.restart()
+    assert dev.run(24 * HOUR)["state"] == "suspended"
+    assert len(replenishes(emulator)) == 1
+    cfg = json.loads((dev.root / "config.json").read_text())
+    cfg["slot_id"] = "slot-a"
+    dev.write_json("config.json", cfg)
+    dev.restart()
+    assert dev.run(30 * MIN)["state"] == "ordered"
+
+
+def test_invalid_grant_suspends_and_says_so(device, emulator):
+    emulator.revoke_all()
+    st = drain(device)
+    assert st["state"] == "suspended" and "invalid_grant" in st["reason"]
+    assert replenishes(emulator) == []
+    device.run(48 * HOUR)
+    assert len(token_calls(emulator)) == 1
+    device.restart()
+    device.run(HOUR)
+    assert len(token_calls(emulator)) == 1
+    assert any("invalid_grant" in e["reason"] for e in device.tagged("suspended"))
+
+
+def test_invalid_client_suspends(make_device, emulator):
+    dev = make_device(client_secret="wrong-secret").start()
+    st = drain(dev)
+    assert st["state"] == "suspended" and "invalid_client" in st["reason"]
+    assert replenishes(emulator) == []
+
+
+def test_500_storm_backs_off_with_growing_jittered_gaps(make_device, emulator):
+    device = make_device(config={"retry_base_s": 30}).start()
+    emulator.inject("/replenish/", "status", times=9, status=500)
+    drain(device)
+    device.run(20 * HOUR)
+    times = [t for t, tag, _ in device.events if tag == "order-request"]
+    assert len(times) == 10 and device.status()["state"] == "ordered"
+    gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    for n, gap in enumerate(gaps[:-1]):
+        assert 30 <= gap <= min(30 << n, 3600), (n, gaps)
+    assert sum(gaps[-5:-1]) > sum(gaps[:4]), gaps
+    assert len(set(gaps)) > 3, gaps  # jittered, not a fixed schedule
+
+
+def test_retry_after_is_honoured(device, emulator):
+    emulator.inject("/replenish/", "status", status=503, headers={"Retry-After": "3600"})
+    drain(device)
+    assert device.tagged("order-failed")[0]["retry_in_s"] >= 3600
+    device.run(2 * HOUR)
+    first, second = [t for t, tag, _ in device.events if tag == "order-request"]
+    assert second - first >= 3600
+
+
+def test_untrusted_certificate_is_refused_before_any_request(make_device, emulator):
+    dev = make_device(port=emulator.port_untrusted).start()
+    st = drain(dev)
+    assert st["state"] == "retry" and st["orders_placed"] == 0
+    assert emulator.requests == [] and emulator.tls_failures >= 1
+    assert "tls" in dev.tagged("order-failed")[0]["reason"]
+
+
+def test_wrong_host_name_is_refused_before_any_request(make_device, emulator):
+    dev = make_device(port=emulator.port_wrong_name).start()
+    st = drain(dev)
+    assert st["state"] == "retry" and emulator.requests == []
+    assert emulator.tls_failures >= 1
+
+
+def test_missing_trust_store_is_a_clean_error(device, emulator):
+    (device.root / "ca.pem").write_text("not a certificate\n")
+    device.restart()
+    st = drain(device)
+    assert st["state"] == "retry" and emulator.requests == []
+    assert "ca" in device.tagged("order-failed")[0]["reason"]
+
+
+def test_oversized_answer_is_a_clean_error(device, emulator):
+    emulator.inject("/replenish/", "oversized", size=200_000)
+    st = drain(device)
+    assert st["state"] == "retry"
+    assert "too_big" in device.tagged("order-failed")[0]["reason"]
+    assert device.run(2 * HOUR)["state"] == "ordered"
+
+
+def test_oversized_headers_are_a_clean_error(device, emulator):
+    emulator.inject("/replenish/", "oversized_headers", size=9000)
+    drain(device)
+    assert "too_big" in device.tagged("order-failed")[0]["reason"]
+    # That request did place an order; the retry sees ORDER_INPROGRESS and takes it as ours.
+    st = device.run(2 * HOUR)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    assert device.tagged("order-recovered")
+
+
+def test_redirect_is_not_followed(device, emulator):
+    emulator.inject("/replenish/", "redirect")
+    drain(device)
+    assert "redirect" in device.tagged("order-failed")[0]["reason"]
+    assert [r["path"] for r in emulator.requests if "elsewhere" in r["path"]] == []
+
+
+def test_truncated_and_broken_answers(device, emulator):
+    emulator.inject("/replenish/", "truncate")
+    drain(device)
+    assert "reset" in device.tagged("order-failed")[0]["reason"]
+    st = device.run(2 * HOUR)
+    # The truncated answer's order was real: recovered, not ordered twice.
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_invalid_json_and_unknown_detail_code_are_not_orders(device, emulator):
+    emulator.inject("/replenish/", "invalid_json")
+    emulator.inject("/replenish/", "status", status=200,
+                    body={"eventInstanceId": "amzn1.x", "detailCode": "SOMETHING_NEW"})
+    drain(device)
+    st = device.run(3 * HOUR)
+    tags = [tag for _, tag, _ in device.events if tag.startswith("order-")]
+    assert tags == ["order-request", "order-failed"] * 2 + ["order-request", "order-placed"]
+    failed = device.tagged("order-failed")
+    assert "JSON" in failed[0]["reason"]
+    assert failed[1]["detail_code"] == "SOMETHING_NEW"
+    assert st["orders_placed"] == 1 and st["event_instance_id"] != "amzn1.x"
+
+
+def test_chunked_answer_is_understood(device, emulator):
+    emulator.inject("/replenish/", "chunked")
+    st = drain(device)
+    assert st["state"] == "ordered"
+    assert st["event_instance_id"] == emulator.orders[0]["event_instance_id"]
+
+
+def test_silent_server_times_out(device, emulator):
+    emulator.inject("/replenish/", "silence", seconds=10)
+    t0 = time.monotonic()
+    st = drain(device)
+    assert time.monotonic() - t0 < 9  # http_timeout_s is 3
+    assert st["state"] == "retry"  # no answer: it may have been acted on, so it backs off
+    assert "timeout" in device.tagged("order-failed")[0]["reason"]
+
+
+def test_connection_lost_after_the_server_acted(device, emulator):
+    emulator.inject("/replenish/", "reset_after_processing")
+    drain(device)
+    st = device.run(2 * HOUR)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    assert st["event_instance_id"]
+
+
+def test_power_cut_during_the_request_never_orders_twice(device, emulator):
+    emulator.inject("/replenish/", "delay", seconds=1.5)
+    device.set_level(LOW)
+    device._send("run %d" % (15 * MIN * 1000))
+    deadline = time.monotonic() + 30
+    while not replenishes(emulator) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    device.kill()  # the request has left; the answer never arrives
+    while not emulator.orders and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(emulator.orders) == 1
+    assert device.state_record()["fl"] == 1  # the intent was on flash before the request
+    device.start()
+    st = device.run(HOUR)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    assert device.tagged("order-recovered")
+    assert device.run(24 * HOUR)["state"] == "ordered"
+    assert len(replenishes(emulator)) == 2
+
+
+def test_corrupt_state_file_is_recovered(device, emulator):
+    drain(device)
+    (device.root / "state.json").write_bytes(b'{"st": 4, "ev": "tampe\n#00000000\n')
+    device.restart()
+    assert device.tagged("state-reset")
+    st = device.run(HOUR)
+    # Level is still low; DRS says an order is open; it is taken as ours, not re-ordered.
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    device.restart()
+    assert not device.tagged("state-reset")
+
+
+def test_bad_config_names_each_key_and_idles(make_device, emulator):
+    dev = make_device(config={"low": "low", "sample_s": -5})
+    (dev.root / "secrets.json").write_text('{"client_id": "x"}')
+    dev.start()
+    assert dev.boot_ok is False
+    msgs = [e["message"] for e in dev.tagged("config-error")]
+    assert any("'low'" in m for m in msgs) and any("'sample_s'" in m for m in msgs)
+    assert any("'refresh_token' is missing" in m for m in msgs)
+    dev.set_level(LOW)
+    st = dev.run(24 * HOUR)
+    assert st["state"] == "suspended" and emulator.requests == []
+
+
+def test_sensor_faults_never_order(device, emulator):
+    device.run(5 * MIN)
+    for bad in ("garbage", "-500", "5000"):
+        (device.root / "level.txt").write_text(bad)
+        st = device.run(HOUR)
+        assert st["state"] == "fault"
+    assert device.tagged("sensor-fault") and replenishes(emulator) == []
+    device.set_level(FULL)
+    assert device.run(10 * MIN)["state"] == "monitor"
+
+
+def test_nothing_is_written_while_nothing_changes(device):
+    device.run(10 * MIN)
+    before = device.status()["flash_writes"]
+    device.run(24 * HOUR)
+    assert device.status()["flash_writes"] == before
+
+
+def test_secrets_never_appear_in_output(make_device, emulator):
+    rt = emulator.add_refresh_token()
+    dev = make_device(refresh_token=rt).start()
+    emulator.inject("/replenish/", "status", status=400)
+    drain(dev)
+    emulator.revoke_all()
+    emulator.mark_delivered("slot-a")
+    dev.set_level(FULL)
+    dev.run(3 * HOUR)
+    drain(dev)
+    tokens = [rt, "test-secret"] + [
+        r["headers"]["authorization"][7:] for r in replenishes(emulator)]
+    for req in token_calls(emulator):
+        tokens += [v for k, v in _form(req["body"]).items() if k == "refresh_token"]
+    out = "\n".join(dev.output)
+    assert len(dev.output) > 10
+    for t in tokens:
+        assert t not in out
+
+
+def _form(body):
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(body.decode()))
