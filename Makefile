@@ -31,6 +31,7 @@ unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: certs lint
 	$(BIN)/pytest -q

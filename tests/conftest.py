@@ -27,8 +27,9 @@ def certs():
 
 @pytest.fixture
 def emulator(certs):
-    emu = Emulator(str(REPO / "build" / "certs"), client_id=CLIENT_ID,
-                   client_secret=CLIENT_SECRET).start()
+    emu = Emulator(
+        str(REPO / "build" / "certs"), client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    ).start()
     yield emu
     emu.stop()
 

@@ -45,8 +45,7 @@ def ctx(cert_dir):
 
 
 def call(emu, ctx, method, path, body=None, headers=None, port=None, timeout=5):
-    conn = http.client.HTTPSConnection("localhost", port or emu.port, context=ctx,
-                                       timeout=timeout)
+    conn = http.client.HTTPSConnection("localhost", port or emu.port, context=ctx, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -56,11 +55,22 @@ def call(emu, ctx, method, path, body=None, headers=None, port=None, timeout=5):
 
 
 def refresh(emu, ctx, token, **overrides):
-    form = {"grant_type": "refresh_token", "refresh_token": token,
-            "client_id": emu.client_id, "client_secret": emu.client_secret, **overrides}
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": token,
+        "client_id": emu.client_id,
+        "client_secret": emu.client_secret,
+        **overrides,
+    }
     body = urllib.parse.urlencode({k: v for k, v in form.items() if v is not None})
-    resp, data = call(emu, ctx, "POST", "/auth/o2/token", body,
-                      {"Content-Type": "application/x-www-form-urlencoded"})
+    resp, data = call(
+        emu,
+        ctx,
+        "POST",
+        "/auth/o2/token",
+        body,
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
     return resp.status, json.loads(data)
 
 
@@ -71,8 +81,14 @@ def access_token(emu, ctx):
 
 
 def replenish(emu, ctx, token, slot="slot-a", **kw):
-    resp, data = call(emu, ctx, "POST", "/replenish/" + slot,
-                      headers={**DRS_HEADERS, "Authorization": "Bearer " + token}, **kw)
+    resp, data = call(
+        emu,
+        ctx,
+        "POST",
+        "/replenish/" + slot,
+        headers={**DRS_HEADERS, "Authorization": "Bearer " + token},
+        **kw,
+    )
     return resp, json.loads(data) if data else None
 
 
@@ -86,8 +102,19 @@ def wait_for(predicate, timeout=2.0):
 def test_certs_reused_and_complete(cert_dir):
     paths = certs.ensure_certs(cert_dir)
     before = os.path.getmtime(paths["ca"])
-    assert set(paths) == {"ca", "ca_key", "server", "server_key", "wrongname", "wrongname_key",
-                          "rogue_ca", "rogue_ca_key", "rogue", "rogue_key", "ca_der"}
+    assert set(paths) == {
+        "ca",
+        "ca_key",
+        "server",
+        "server_key",
+        "wrongname",
+        "wrongname_key",
+        "rogue_ca",
+        "rogue_ca_key",
+        "rogue",
+        "rogue_key",
+        "ca_der",
+    }
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in paths.values())
     assert certs.ensure_certs(cert_dir) == paths
     assert os.path.getmtime(paths["ca"]) == before
@@ -135,8 +162,14 @@ def test_token_errors(emu, ctx):
     assert (status, answer["error"]) == (400, "invalid_request")
     status, answer = refresh(emu, ctx, token, grant_type="authorization_code")
     assert (status, answer["error"]) == (400, "unsupported_grant_type")
-    resp, data = call(emu, ctx, "POST", "/auth/o2/token", json.dumps({"refresh_token": token}),
-                      {"Content-Type": "application/json"})
+    resp, data = call(
+        emu,
+        ctx,
+        "POST",
+        "/auth/o2/token",
+        json.dumps({"refresh_token": token}),
+        {"Content-Type": "application/json"},
+    )
     assert (resp.status, json.loads(data)["error"]) == (400, "invalid_request")
     assert emu.refresh_count == 0
     emu.revoke_all()
@@ -169,20 +202,29 @@ def test_test_device_orders(cert_dir, ctx):
         assert answer["detailCode"] == "TEST_ORDER_PLACED"
 
 
-@pytest.mark.parametrize("change", [
-    {"x-amzn-type-version": None},
-    {"x-amzn-accept-type": "com.amazon.dash.replenishment.DrsReplenishResult@2.0"},
-    {"Authorization": None},
-    {"Authorization": "Bearer Atza|forged"},
-    {"method": "GET"},
-    {"body": b"{}"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x-amzn-type-version": None},
+        {"x-amzn-accept-type": "com.amazon.dash.replenishment.DrsReplenishResult@2.0"},
+        {"Authorization": None},
+        {"Authorization": "Bearer Atza|forged"},
+        {"method": "GET"},
+        {"body": b"{}"},
+    ],
+)
 def test_replenish_rejects_bad_requests(emu, ctx, change):
     headers = {**DRS_HEADERS, "Authorization": "Bearer " + access_token(emu, ctx)}
     method, body = change.pop("method", "POST"), change.pop("body", None)
     headers.update(change)
-    resp, data = call(emu, ctx, method, "/replenish/slot-a", body,
-                      {k: v for k, v in headers.items() if v is not None})
+    resp, data = call(
+        emu,
+        ctx,
+        method,
+        "/replenish/slot-a",
+        body,
+        {k: v for k, v in headers.items() if v is not None},
+    )
     assert resp.status == 400 and json.loads(data)["message"]
     assert emu.orders == []
 
@@ -222,12 +264,21 @@ def test_untrusted_and_wrong_name_are_refused(emu, ctx):
 
 def test_fault_status_with_retry_after(emu, ctx):
     token = access_token(emu, ctx)
-    emu.inject("/replenish/", "status", status=503, body={"message": "busy"},
-               headers={"Retry-After": "7"}, times=2)
+    emu.inject(
+        "/replenish/",
+        "status",
+        status=503,
+        body={"message": "busy"},
+        headers={"Retry-After": "7"},
+        times=2,
+    )
     for _ in range(2):
         resp, answer = replenish(emu, ctx, token)
-        assert (resp.status, resp.getheader("Retry-After"), answer) == (503, "7",
-                                                                         {"message": "busy"})
+        assert (resp.status, resp.getheader("Retry-After"), answer) == (
+            503,
+            "7",
+            {"message": "busy"},
+        )
     assert emu.orders == [] and emu.pending_faults() == 0
     assert replenish(emu, ctx, token)[0].status == 200
 
@@ -293,8 +344,14 @@ def test_fault_delay_and_silence_time_out(emu, ctx):
 
 
 def test_cli_prints_ports_and_stops_on_sigterm(cert_dir, ctx):
-    cmd = [sys.executable, os.path.join(TOOLS, "drs_emulator.py"), "--certs", cert_dir,
-           "--slots", "a,b"]
+    cmd = [
+        sys.executable,
+        os.path.join(TOOLS, "drs_emulator.py"),
+        "--certs",
+        cert_dir,
+        "--slots",
+        "a,b",
+    ]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             info = json.loads(proc.stdout.readline())

@@ -159,8 +159,12 @@ def test_truncated_and_broken_answers(device, emulator):
 
 def test_invalid_json_and_unknown_detail_code_are_not_orders(device, emulator):
     emulator.inject("/replenish/", "invalid_json")
-    emulator.inject("/replenish/", "status", status=200,
-                    body={"eventInstanceId": "amzn1.x", "detailCode": "SOMETHING_NEW"})
+    emulator.inject(
+        "/replenish/",
+        "status",
+        status=200,
+        body={"eventInstanceId": "amzn1.x", "detailCode": "SOMETHING_NEW"},
+    )
     drain(device)
     st = device.run(3 * HOUR)
     tags = [tag for _, tag, _ in device.events if tag.startswith("order-")]
@@ -269,7 +273,8 @@ def test_secrets_never_appear_in_output(make_device, emulator):
     dev.run(3 * HOUR)
     drain(dev)
     tokens = [rt, "test-secret"] + [
-        r["headers"]["authorization"][7:] for r in replenishes(emulator)]
+        r["headers"]["authorization"][7:] for r in replenishes(emulator)
+    ]
     for req in token_calls(emulator):
         tokens += [v for k, v in _form(req["body"]).items() if k == "refresh_token"]
     out = "\n".join(dev.output)

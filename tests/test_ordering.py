@@ -104,8 +104,7 @@ def test_token_expiry_tracked_by_ticks_without_wall_clock(make_device, emulator)
     dev = make_device(wall=0).start()
     drain(dev)
     assert emulator.refresh_count == 1
-    assert not json.loads(
-        (dev.root / "tokens.json").read_bytes().rsplit(b"\n#", 1)[0])["at"]
+    assert not json.loads((dev.root / "tokens.json").read_bytes().rsplit(b"\n#", 1)[0])["at"]
     emulator.mark_delivered("slot-a")
     dev.set_level(FULL)
     dev.run(30 * MIN)

@@ -10,7 +10,11 @@ def test_unit_suite_passes_under_micropython():
     env = dict(os.environ, MICROPYPATH=str(REPO / "lib"))
     p = subprocess.run(
         [str(REPO / ".venv/bin/micropython"), "tests/unit/run.py"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert " 0 failed" in p.stdout.splitlines()[-1]

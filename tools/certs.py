@@ -76,13 +76,35 @@ def _make(tmp, name):
         f.write(CA_EXT if san is None else LEAF_EXT.format(san=san))
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
     # An explicit empty config keeps the host's openssl.cnf from adding extensions.
-    _openssl("req", "-new", "-config", os.devnull, "-key", key, "-subj", "/CN=" + cn,
-             "-out", csr)
-    sign = ["-signkey", key] if issuer is None else [
-        "-CA", os.path.join(tmp, issuer + ".pem"), "-CAkey", os.path.join(tmp, issuer + ".key")]
-    _openssl("x509", "-req", "-in", csr, *sign, "-days", str(DAYS), "-sha256",
-             "-set_serial", "0x" + secrets.token_hex(16), "-extfile", ext, "-extensions",
-             "default", "-out", pem)
+    _openssl("req", "-new", "-config", os.devnull, "-key", key, "-subj", "/CN=" + cn, "-out", csr)
+    sign = (
+        ["-signkey", key]
+        if issuer is None
+        else [
+            "-CA",
+            os.path.join(tmp, issuer + ".pem"),
+            "-CAkey",
+            os.path.join(tmp, issuer + ".key"),
+        ]
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        *sign,
+        "-days",
+        str(DAYS),
+        "-sha256",
+        "-set_serial",
+        "0x" + secrets.token_hex(16),
+        "-extfile",
+        ext,
+        "-extensions",
+        "default",
+        "-out",
+        pem,
+    )
     if name == "ca":
         _openssl("x509", "-in", pem, "-outform", "DER", "-out", os.path.join(tmp, "ca.der"))
 

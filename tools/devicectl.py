@@ -24,16 +24,30 @@ DEFAULT_CONFIG = {
     "retry_base_s": 900,
     "retry_cap_s": 3600,
     "http_timeout_s": 3,
-    "sensor": {"kind": "file", "path": "level.txt", "raw_empty": 0, "raw_full": 1000,
-               "capacity": 1000},
+    "sensor": {
+        "kind": "file",
+        "path": "level.txt",
+        "raw_empty": 0,
+        "raw_full": 1000,
+        "capacity": 1000,
+    },
 }
 
 
 class Device:
     """One simulated board. `events` collects every log event as (uptime_s, tag, fields)."""
 
-    def __init__(self, root, ca_file, port, refresh_token, client_id, client_secret="",
-                 config=None, wall=1790000000):
+    def __init__(
+        self,
+        root,
+        ca_file,
+        port,
+        refresh_token,
+        client_id,
+        client_secret="",
+        config=None,
+        wall=1790000000,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.wall = wall
@@ -52,6 +66,7 @@ class Device:
         self.events = []
         self.output = []  # every line the process printed, for secret checks
         self.boot_ok = None
+        self.elapsed = 0  # virtual seconds lived, across restarts: the wall clock runs on
 
     def write_json(self, name, obj):
         (self.root / name).write_text(json.dumps(obj))
@@ -60,11 +75,17 @@ class Device:
         (self.root / "level.txt").write_text("%d\n" % raw)
 
     def start(self):
-        env = dict(os.environ, MICROPYPATH=str(REPO / "lib"), VDEVICE_WALL=str(self.wall))
+        wall = self.wall + self.elapsed if self.wall else 0
+        env = dict(os.environ, MICROPYPATH=str(REPO / "lib"), VDEVICE_WALL=str(wall))
         self.proc = subprocess.Popen(
             [MICROPYTHON, str(REPO / "tools" / "vdevice.py")],
-            cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cwd=self.root,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self._q = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()
@@ -87,7 +108,7 @@ class Device:
                 raise RuntimeError("device exited:\n" + "\n".join(self.output[-30:]))
             self.output.append(line)
             if line.startswith(marker + " "):
-                return json.loads(line[len(marker) + 1:])
+                return json.loads(line[len(marker) + 1 :])
             m = LOG_LINE.match(line)
             if m:
                 self.events.append((int(m.group(1)), m.group(2), json.loads(m.group(3))))
@@ -99,6 +120,7 @@ class Device:
     def run(self, seconds):
         """Advance virtual time; returns the status afterwards."""
         self._send("run %d" % int(seconds * 1000))
+        self.elapsed += int(seconds)
         return self._wait("@done")
 
     def status(self):

@@ -41,9 +41,21 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
 IO_TIMEOUT = 10.0  # bounds reads from clients that connect and never finish a request
 LISTENERS = (("good", "server"), ("wrong_name", "wrongname"), ("untrusted", "rogue"))
-FAULT_KINDS = frozenset({"status", "delay", "reset", "reset_after_processing", "truncate",
-                         "oversized", "oversized_headers", "invalid_json", "chunked",
-                         "redirect", "silence"})
+FAULT_KINDS = frozenset(
+    {
+        "status",
+        "delay",
+        "reset",
+        "reset_after_processing",
+        "truncate",
+        "oversized",
+        "oversized_headers",
+        "invalid_json",
+        "chunked",
+        "redirect",
+        "silence",
+    }
+)
 
 
 def make_token(prefix, length):
@@ -51,7 +63,7 @@ def make_token(prefix, length):
     s = secrets.token_urlsafe(length)[:length]
     # Real tokens contain '|': a client that forgets to URL-encode them must fail here too.
     third = length // 3
-    return f"{prefix}{s[:third]}|{s[third + 1:2 * third]}|{s[2 * third + 1:]}"
+    return f"{prefix}{s[:third]}|{s[third + 1 : 2 * third]}|{s[2 * third + 1 :]}"
 
 
 def _encode(body):
@@ -71,9 +83,16 @@ class _BadRequest(Exception):
 class Emulator:
     """DRS Replenish + LwA token endpoint. See the module docstring; use start()/stop()."""
 
-    def __init__(self, cert_dir, slots=("slot-a",), client_id="amzn1.application-oa2-client.test",
-                 client_secret="test-secret", rotate_refresh_tokens=True,
-                 access_token_lifetime=3600, is_test_device=False):
+    def __init__(
+        self,
+        cert_dir,
+        slots=("slot-a",),
+        client_id="amzn1.application-oa2-client.test",
+        client_secret="test-secret",
+        rotate_refresh_tokens=True,
+        access_token_lifetime=3600,
+        is_test_device=False,
+    ):
         self.cert_dir = cert_dir
         self.slots = tuple(slots)
         self.client_id = client_id
@@ -166,8 +185,14 @@ class Emulator:
         """An order opened outside this device (the customer, another device): DRS will
         answer ORDER_INPROGRESS until it is delivered."""
         with self._lock:
-            self.orders.append({"slot": slot, "event_instance_id": event_id,
-                                "detail_code": "STANDARD_ORDER_PLACED", "open": True})
+            self.orders.append(
+                {
+                    "slot": slot,
+                    "event_instance_id": event_id,
+                    "detail_code": "STANDARD_ORDER_PLACED",
+                    "open": True,
+                }
+            )
         return event_id
 
     def mark_delivered(self, slot):
@@ -282,7 +307,7 @@ class Emulator:
             if not chunk:
                 return None
             body += chunk
-        return parts[0], parts[1], headers, body[:int(length)]
+        return parts[0], parts[1], headers, body[: int(length)]
 
     def _take_fault(self, path):
         for fault in self._faults:
@@ -303,16 +328,28 @@ class Emulator:
         if req is None:
             return
         method, path, headers, body = req
-        rec = {"port": name, "method": method, "path": path, "headers": headers, "body": body,
-               "status": None}
+        rec = {
+            "port": name,
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "body": body,
+            "status": None,
+        }
         with self._lock:
             self.requests.append(rec)
             kind, kw = self._take_fault(path)
         try:
             self._respond(conn, rec, kind, kw)
         finally:
-            log.info("%s: %s %s -> %s%s", name, method, path, rec["status"],
-                     f" (fault {kind})" if kind else "")
+            log.info(
+                "%s: %s %s -> %s%s",
+                name,
+                method,
+                path,
+                rec["status"],
+                f" (fault {kind})" if kind else "",
+            )
 
     def _respond(self, conn, rec, kind, kw):
         if kind in ("reset", "reset_after_processing"):
@@ -359,11 +396,11 @@ class Emulator:
             with self._lock:
                 rec["status"] = status  # before sending, so a client that got it sees it here
         if kind == "truncate":
-            conn.sendall(head + body[:len(body) // 2])
+            conn.sendall(head + body[: len(body) // 2])
         elif kind == "chunked":
             conn.sendall(head)
             for i in range(0, len(body), 16):  # separate writes: the client sees partial reads
-                piece = body[i:i + 16]
+                piece = body[i : i + 16]
                 conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
             conn.sendall(b"0\r\n\r\n")
         else:
@@ -382,8 +419,12 @@ class Emulator:
     @staticmethod
     def _oversized(path, size):
         if path.startswith(TOKEN_PATH):
-            obj = {"access_token": "Atza|", "refresh_token": "Atzr|x", "token_type": "bearer",
-                   "expires_in": 3600}
+            obj = {
+                "access_token": "Atza|",
+                "refresh_token": "Atzr|x",
+                "token_type": "bearer",
+                "expires_in": 3600,
+            }
             field = "access_token"
         else:
             obj = {"eventInstanceId": "amzn1.dash.v2.o.ro.", "detailCode": "STANDARD_ORDER_PLACED"}
@@ -407,8 +448,7 @@ class Emulator:
 
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if method != "POST" or ctype != "application/x-www-form-urlencoded":
-            return error(400, "invalid_request",
-                         "POST an application/x-www-form-urlencoded body")
+            return error(400, "invalid_request", "POST an application/x-www-form-urlencoded body")
         try:
             form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
         except UnicodeDecodeError:
@@ -426,22 +466,33 @@ class Emulator:
         if missing:
             return error(400, "invalid_request", "missing parameter(s): " + ", ".join(missing))
         if params["client_id"] != self.client_id or (
-                self.client_secret is not None and params["client_secret"] != self.client_secret):
+            self.client_secret is not None and params["client_secret"] != self.client_secret
+        ):
             return error(401, "invalid_client", "Client authentication failed")
         with self._lock:
             refresh = params["refresh_token"]
             if refresh not in self._refresh_tokens:
-                return error(400, "invalid_grant",
-                             "The request has an invalid grant parameter : refresh_token")
+                return error(
+                    400,
+                    "invalid_grant",
+                    "The request has an invalid grant parameter : refresh_token",
+                )
             if self.rotate_refresh_tokens:
                 self._refresh_tokens.discard(refresh)
                 refresh = self.add_refresh_token()
             access = make_token("Atza|", 400)
             self._access_tokens[access] = time.monotonic() + self.access_token_lifetime
             self.refresh_count += 1
-        return _json(200, {"access_token": access, "refresh_token": refresh,
-                           "token_type": "bearer", "expires_in": self.access_token_lifetime},
-                     LWA_HEADERS)
+        return _json(
+            200,
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "token_type": "bearer",
+                "expires_in": self.access_token_lifetime,
+            },
+            LWA_HEADERS,
+        )
 
     def _replenish(self, method, route, headers, body):
         def bad(message):
@@ -449,8 +500,10 @@ class Emulator:
 
         if method != "POST":
             return bad(f"method {method} not supported, use POST")
-        for name, want in (("x-amzn-type-version", REPLENISH_INPUT),
-                           ("x-amzn-accept-type", REPLENISH_RESULT)):
+        for name, want in (
+            ("x-amzn-type-version", REPLENISH_INPUT),
+            ("x-amzn-accept-type", REPLENISH_RESULT),
+        ):
             if headers.get(name) != want:
                 return bad(f"{name} must be {want}, got {headers.get(name)!r}")
         if body:
@@ -458,7 +511,7 @@ class Emulator:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return bad("missing or malformed Authorization: Bearer header")
-        slot = urllib.parse.unquote(route[len(REPLENISH_PATH):])
+        slot = urllib.parse.unquote(route[len(REPLENISH_PATH) :])
         with self._lock:
             expiry = self._access_tokens.get(token)
             if expiry is None:
@@ -472,8 +525,14 @@ class Emulator:
                 code = "ORDER_INPROGRESS"
             else:
                 code = "TEST_ORDER_PLACED" if self.is_test_device else "STANDARD_ORDER_PLACED"
-                self.orders.append({"slot": slot, "event_instance_id": event_id,
-                                    "detail_code": code, "open": True})
+                self.orders.append(
+                    {
+                        "slot": slot,
+                        "event_instance_id": event_id,
+                        "detail_code": code,
+                        "open": True,
+                    }
+                )
         return _json(200, {"eventInstanceId": event_id, "detailCode": code}, DRS_HEADERS)
 
 
@@ -492,16 +551,30 @@ def main(argv=None):
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    emu = Emulator(args.certs, slots=[s for s in args.slots.split(",") if s],
-                   client_id=args.client_id, client_secret=args.client_secret,
-                   rotate_refresh_tokens=not args.no_rotate,
-                   access_token_lifetime=args.access_token_lifetime,
-                   is_test_device=args.test_device).start()
+    emu = Emulator(
+        args.certs,
+        slots=[s for s in args.slots.split(",") if s],
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        rotate_refresh_tokens=not args.no_rotate,
+        access_token_lifetime=args.access_token_lifetime,
+        is_test_device=args.test_device,
+    ).start()
     try:
         token = emu.add_refresh_token(args.refresh_token)
-        print(json.dumps({"port": emu.port, "port_wrong_name": emu.port_wrong_name,
-                          "port_untrusted": emu.port_untrusted, "ca": emu.certs["ca"],
-                          "ca_der": emu.certs["ca_der"], "refresh_token": token}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "port": emu.port,
+                    "port_wrong_name": emu.port_wrong_name,
+                    "port_untrusted": emu.port_untrusted,
+                    "ca": emu.certs["ca"],
+                    "ca_der": emu.certs["ca_der"],
+                    "refresh_token": token,
+                }
+            ),
+            flush=True,
+        )
         while not done.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
     finally:

@@ -100,8 +100,9 @@ class App:
             s["median"],
             s["ema_shift"],
         )
-        self.fsm = fsm.Machine(cfg["low"], cfg["high"], cfg["confirm_samples"],
-                               cfg["warmup_samples"])
+        self.fsm = fsm.Machine(
+            cfg["low"], cfg["high"], cfg["confirm_samples"], cfg["warmup_samples"]
+        )
         self._fingerprint = self._files_crc()
         self._restore()
         return True
@@ -152,8 +153,12 @@ class App:
                 left = dw - now
             self._deadline = max(0, min(left, rec.get("dr", left)))
         self.fsm.restore(st)
-        self.log("boot", state=fsm.NAMES[st], event_instance_id=rec.get("ev"),
-                 backoff_s=self._remaining_s())
+        self.log(
+            "boot",
+            state=fsm.NAMES[st],
+            event_instance_id=rec.get("ev"),
+            backoff_s=self._remaining_s(),
+        )
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -248,8 +253,12 @@ class App:
                 self.orders += 1
                 self.log("order-placed", event_instance_id=eid, detail_code=code, test=test)
             else:
-                self.log("order-recovered", event_instance_id=eid, detail_code=code,
-                         note="an earlier request of this episode may have placed it")
+                self.log(
+                    "order-recovered",
+                    event_instance_id=eid,
+                    detail_code=code,
+                    note="an earlier request of this episode may have placed it",
+                )
             self._transition(fsm.E_PLACED)
         elif outcome == result.INPROGRESS:
             backoff = cfg["inprogress_backoff_s"]
@@ -268,12 +277,18 @@ class App:
             from dash.backoff import parse_retry_after, retry_delay_s
 
             att = rec.get("att", 0)
-            delay = retry_delay_s(att, cfg["retry_base_s"], cfg["retry_cap_s"], _rand(),
-                                  parse_retry_after(hdrs.get("retry-after")))
+            delay = retry_delay_s(
+                att,
+                cfg["retry_base_s"],
+                cfg["retry_cap_s"],
+                _rand(),
+                parse_retry_after(hdrs.get("retry-after")),
+            )
             rec["att"] = att + 1
             self._deadline = self._up_ms // 1000 + delay
-            self.log("order-failed", reason=reason, detail_code=code, retry_in_s=delay,
-                     attempt=att + 1)
+            self.log(
+                "order-failed", reason=reason, detail_code=code, retry_in_s=delay, attempt=att + 1
+            )
             self._transition(fsm.E_RETRY)
 
     def _transition(self, ev):
@@ -294,8 +309,9 @@ class App:
                     self.log("token-refresh", ok=outcome == result.OK, reason=reason)
                     if outcome != result.OK:
                         return outcome, None, None, reason, {}
-                status, body, hdrs = drs.replenish(self.https, self.drs_url,
-                                                   self.cfg["slot_id"], self.tokens.access)
+                status, body, hdrs = drs.replenish(
+                    self.https, self.drs_url, self.cfg["slot_id"], self.tokens.access
+                )
             except HttpError as e:
                 code = e.args[0]
                 if code >= E_TIMEOUT:

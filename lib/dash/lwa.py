@@ -70,9 +70,16 @@ def parse_answer(status, body):
         return result.SUSPEND, None, None, 0, "client credentials rejected (401)"
     if status == 429 or status >= 500:
         return result.TRANSIENT, None, None, 0, "token endpoint answered %d" % status
-    return result.TRANSIENT, None, None, 0, "token endpoint answered %d %s" % (
-        status,
-        err if isinstance(err, str) and len(err) < 40 else "",
+    return (
+        result.TRANSIENT,
+        None,
+        None,
+        0,
+        "token endpoint answered %d %s"
+        % (
+            status,
+            err if isinstance(err, str) and len(err) < 40 else "",
+        ),
     )
 
 
@@ -118,8 +125,9 @@ class Tokens:
         now = self.clock.wall()
         if self._exp_wall and now:
             return fresh(now, self._exp_wall, self.margin_s)
-        return fresh(0, self.clock.ticks_diff(self._exp_ticks, self.clock.ticks_ms()),
-                     self.margin_s * 1000)
+        return fresh(
+            0, self.clock.ticks_diff(self._exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
+        )
 
     def expires_in_s(self):
         """Seconds the access token has left (for status reports), or -1."""
@@ -158,8 +166,12 @@ class Tokens:
         # Persist before use: a rotated refresh token lost now would strand the device.
         self.store.save(
             TOKENS,
-            {"seed": self._seed, "rt": self.refresh, "at": at if now else None,
-             "exp": self._exp_wall},
+            {
+                "seed": self._seed,
+                "rt": self.refresh,
+                "at": at if now else None,
+                "exp": self._exp_wall,
+            },
         )
         self.access = at
         return result.OK, ""

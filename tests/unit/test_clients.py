@@ -12,10 +12,16 @@ def test_replenish_answers():
     assert drs.classify(200, ip)[0] == result.INPROGRESS
     new = json.dumps({"eventInstanceId": "e", "detailCode": "SOMETHING_NEW"})
     assert drs.classify(200, new)[0] == result.UNKNOWN
-    for status, outcome in ((400, result.AUTH), (401, result.AUTH), (403, result.AUTH),
-                            (404, result.SUSPEND), (500, result.TRANSIENT),
-                            (503, result.TRANSIENT), (429, result.TRANSIENT),
-                            (302, result.TRANSIENT)):
+    for status, outcome in (
+        (400, result.AUTH),
+        (401, result.AUTH),
+        (403, result.AUTH),
+        (404, result.SUSPEND),
+        (500, result.TRANSIENT),
+        (503, result.TRANSIENT),
+        (429, result.TRANSIENT),
+        (302, result.TRANSIENT),
+    ):
         assert drs.classify(status, b"")[0] == outcome, status
 
 
@@ -23,8 +29,12 @@ def test_replenish_rejects_bad_event_ids():
     for eid in ("", "x" * 256, 5, None, "a\nb"):
         body = json.dumps({"eventInstanceId": eid, "detailCode": "STANDARD_ORDER_PLACED"})
         assert drs.classify(200, body)[0] == result.UNKNOWN, eid
-    assert drs.classify(200, json.dumps({"eventInstanceId": "x" * 255,
-                                         "detailCode": "STANDARD_ORDER_PLACED"}))[0] == result.OK
+    assert (
+        drs.classify(
+            200, json.dumps({"eventInstanceId": "x" * 255, "detailCode": "STANDARD_ORDER_PLACED"})
+        )[0]
+        == result.OK
+    )
     for junk in (b"{", b"[]", b"null", b"", b"\xff"):
         assert drs.classify(200, junk)[0] == result.UNKNOWN
 
@@ -37,8 +47,14 @@ def test_form_encoding():
 
 
 def test_token_answers():
-    ok = json.dumps({"access_token": "Atza|a", "refresh_token": "Atzr|b",
-                     "token_type": "bearer", "expires_in": 3600})
+    ok = json.dumps(
+        {
+            "access_token": "Atza|a",
+            "refresh_token": "Atzr|b",
+            "token_type": "bearer",
+            "expires_in": 3600,
+        }
+    )
     assert lwa.parse_answer(200, ok)[:4] == (result.OK, "Atza|a", "Atzr|b", 3600)
     no_rt = json.dumps({"access_token": "Atza|a", "token_type": "bearer", "expires_in": 60})
     assert lwa.parse_answer(200, no_rt)[:3] == (result.OK, "Atza|a", None)
@@ -48,8 +64,12 @@ def test_token_answers():
     assert lwa.parse_answer(401, client)[0] == result.SUSPEND
     assert lwa.parse_answer(500, b"oops")[0] == result.TRANSIENT
     assert lwa.parse_answer(400, json.dumps({"error": "invalid_request"}))[0] == result.TRANSIENT
-    for bad in (b"{", json.dumps({"access_token": 5}), json.dumps({"access_token": "a b"}),
-                json.dumps({"access_token": "a", "token_type": "mac"})):
+    for bad in (
+        b"{",
+        json.dumps({"access_token": 5}),
+        json.dumps({"access_token": "a b"}),
+        json.dumps({"access_token": "a", "token_type": "mac"}),
+    ):
         assert lwa.parse_answer(200, bad)[0] == result.TRANSIENT
 
 

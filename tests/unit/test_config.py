@@ -40,8 +40,15 @@ def test_each_bad_key_is_named():
 
 def test_missing_required_keys():
     errors = errors_of({"sensor": {}}, {})
-    for key in ("slot_id", "low", "high", "sensor.kind", "sensor.capacity", "client_id",
-                "refresh_token"):
+    for key in (
+        "slot_id",
+        "low",
+        "high",
+        "sensor.kind",
+        "sensor.capacity",
+        "client_id",
+        "refresh_token",
+    ):
         assert any("'%s' is missing" % key in e for e in errors), key
 
 
@@ -82,7 +89,10 @@ def test_not_json_and_missing_files(tmp="/tmp/dash-unit-cfg"):
 def test_parse_url():
     assert config.parse_url("https://h.example") == ("h.example", 443, "")
     assert config.parse_url("https://localhost:8443/auth/o2/token") == (
-        "localhost", 8443, "/auth/o2/token")
+        "localhost",
+        8443,
+        "/auth/o2/token",
+    )
     assert config.parse_url("http://h") is None
     assert config.parse_url("https://h:x/") is None
     assert config.parse_url("https://u@h/") is None
