@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 LOW, FULL = 100, 900
 MIN = 60
@@ -287,3 +288,40 @@ def _form(body):
     from urllib.parse import parse_qsl
 
     return dict(parse_qsl(body.decode()))
+
+
+def test_back_off_survives_a_reboot(device, emulator):
+    emulator.place_order("slot-a")
+    st = drain(device)
+    assert st["state"] == "inprogress"
+    left = st["backoff_s"]
+    device.run(HOUR)
+    device.restart()
+    st = device.run(10 * MIN)
+    assert st["state"] == "inprogress"
+    assert abs(st["backoff_s"] - (left - HOUR - 10 * MIN)) <= 60
+    device.run(st["backoff_s"] - 5 * MIN)
+    assert len(replenishes(emulator)) == 1
+    device.run(20 * MIN)
+    assert len(replenishes(emulator)) == 2
+
+
+def test_oversized_token_answer_is_a_clean_error(device, emulator):
+    emulator.inject("/auth/", "oversized", size=100_000)
+    st = drain(device)
+    assert st["state"] == "retry" and replenishes(emulator) == []
+    assert "too_big" in device.tagged("order-failed")[0]["reason"]
+    assert device.run(3 * HOUR)["state"] == "ordered"
+
+
+def test_sockets_are_closed_on_every_path(make_device, emulator):
+    dev = make_device(config={"retry_base_s": 30, "retry_cap_s": 60}).start()
+    dev.run(5 * MIN)
+    fds = len(list(Path("/proc/%d/fd" % dev.proc.pid).iterdir()))
+    for kind in ("reset", "truncate", "invalid_json", "redirect", "oversized"):
+        emulator.inject("/replenish/", kind, times=3)
+    emulator.inject("/replenish/", "status", times=3, status=500)
+    drain(dev)
+    dev.run(2 * HOUR)
+    assert len(replenishes(emulator)) >= 19
+    assert len(list(Path("/proc/%d/fd" % dev.proc.pid).iterdir())) == fds
