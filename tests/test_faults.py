@@ -4,6 +4,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 LOW, FULL = 100, 900
 MIN = 60
 HOUR = 3600
@@ -114,6 +116,16 @@ def test_wrong_host_name_is_refused_before_any_request(make_device, emulator):
     st = drain(dev)
     assert st["state"] == "retry" and emulator.requests == []
     assert emulator.tls_failures >= 1
+
+
+@pytest.mark.parametrize("order", [("rogue_ca", "ca"), ("ca", "rogue_ca")])
+def test_trust_store_bundle_with_several_roots(make_device, emulator, certs, tmp_path, order):
+    # Devices ship several roots; the one that signs the server may sit anywhere in the file.
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("".join(Path(certs[k]).read_text() for k in order))
+    dev = make_device(ca=str(bundle)).start()
+    st = drain(dev)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
 
 
 def test_missing_trust_store_is_a_clean_error(device, emulator):

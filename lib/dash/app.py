@@ -37,6 +37,7 @@ class App:
         self._last = clock.ticks_ms()
         self._deadline = -1  # back-off end, in uptime seconds; -1 = none
         self._rec = {}
+        self._wifi = ("", "")
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -80,6 +81,7 @@ class App:
         from dash.signal import Signal
 
         self.cfg = cfg
+        self._wifi = (sec["wifi_ssid"], sec["wifi_password"])
         self.store = Store(self.root)
         self.https = Https(self._path(cfg["ca_file"]), cfg["http_timeout_s"])
         self.drs_url = config.parse_url(cfg["drs_url"])
@@ -300,7 +302,10 @@ class App:
         refreshing the token first when needed and once more if DRS refuses it."""
         from dash import drs
         from dash.https import E_TIMEOUT, ERROR_NAMES, HttpError
+        from dash.platform import net_up
 
+        if not net_up(*self._wifi):
+            return result.TRANSIENT, None, None, "network: no Wi-Fi", {}
         rec = self._rec
         for again in (False, True):
             try:
@@ -339,13 +344,14 @@ def _rand():
 
 
 def main():
-    from dash.platform import Clock
+    from dash.platform import Clock, net_up
 
     clock = Clock()
     app = App(".", clock)
     if not app.boot():
         while True:
             clock.sleep_ms(_IDLE_MS)
+    net_up(*app._wifi)  # early, so the clock is set before the first token is stored
     while True:
         try:
             wait = app.step()

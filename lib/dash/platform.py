@@ -55,6 +55,36 @@ class AdcSensor:
         return self._adc.read_u16()
 
 
+def net_up(ssid, password, timeout_ms=20000):
+    """Joins Wi-Fi and, once, sets the RTC from NTP. True when requests can go out.
+
+    The unix port has the host's network and clock, so there it is always True."""
+    if not ESP32:
+        return True
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    if not wlan.isconnected():
+        if not ssid:
+            return False
+        wlan.active(True)
+        wlan.connect(ssid, password)
+        t0 = time.ticks_ms()
+        while not wlan.isconnected():
+            if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
+                wlan.disconnect()  # a later call starts a clean attempt
+                return False
+            time.sleep_ms(200)
+    if Clock().wall() == 0:
+        try:
+            import ntptime
+
+            ntptime.settime()  # UTC; tokens then survive reboots with an absolute expiry
+        except Exception:  # noqa: BLE001 - no time yet only costs a refresh after reboot
+            pass
+    return True
+
+
 def open_sensor(cfg):
     if cfg["kind"] == "adc":
         return AdcSensor(cfg["pin"])

@@ -1,0 +1,125 @@
+"""The platform layer's ESP32 paths, with fakes of the parts that cannot exist here: the ADC
+pin and the Wi-Fi radio (only these two are faked; everything else is the real module)."""
+
+import sys
+
+from dash import platform
+
+
+class _Obj:
+    pass
+
+
+def _fake_machine(values):
+    m = _Obj()
+    m.calls = []
+
+    class ADC:
+        ATTN_11DB = 3
+
+        def __init__(self, pin):
+            m.calls.append(("adc", pin.n))
+
+        def atten(self, a):
+            m.calls.append(("atten", a))
+
+        def read_u16(self):
+            return values.pop(0)
+
+    class Pin:
+        def __init__(self, n):
+            self.n = n
+
+    m.ADC = ADC
+    m.Pin = Pin
+    return m
+
+
+def _fake_network(connect_after):
+    net = _Obj()
+    net.STA_IF = 0
+    log = []
+    net.log = log
+
+    class WLAN:
+        polls = 0
+        up = False
+
+        def __init__(self, _):
+            pass
+
+        def isconnected(self):
+            if WLAN.up:
+                WLAN.polls += 1
+                return connect_after is not None and WLAN.polls > connect_after
+            return False
+
+        def active(self, on):
+            log.append(("active", on))
+
+        def connect(self, ssid, pw):
+            log.append(("connect", ssid))
+            WLAN.up = True
+
+        def disconnect(self):
+            log.append(("disconnect",))
+            WLAN.up = False
+
+    net.WLAN = WLAN
+    return net
+
+
+def _with(mods, fn):
+    saved = platform.ESP32
+    platform.ESP32 = True
+    for k, v in mods.items():
+        sys.modules[k] = v
+    try:
+        return fn()
+    finally:
+        platform.ESP32 = saved
+        for k in mods:
+            sys.modules.pop(k, None)
+
+
+def test_adc_sensor_reads_the_configured_pin_at_full_range():
+    m = _fake_machine([1234, 65535])
+    s = _with({"machine": m}, lambda: platform.open_sensor({"kind": "adc", "pin": 34}))
+    assert m.calls == [("adc", 34), ("atten", 3)]
+    assert s.read() == 1234 and s.read() == 65535
+
+
+def test_unix_port_needs_no_network_bring_up():
+    assert platform.net_up("", "") is True
+
+
+def test_wifi_join_then_clock_set_once():
+    net = _fake_network(connect_after=2)
+    ntp = _Obj()
+    ntp.n = 0
+
+    def settime():
+        ntp.n += 1
+
+    ntp.settime = settime
+    wall = platform.Clock.wall
+    platform.Clock.wall = lambda self: 0  # RTC unset, as after a cold boot
+    try:
+        ok = _with({"network": net, "ntptime": ntp}, lambda: platform.net_up("home", "pw"))
+    finally:
+        platform.Clock.wall = wall
+    assert ok is True
+    assert ("connect", "home") in net.log and ntp.n == 1
+
+
+def test_wifi_that_never_joins_gives_up_and_resets():
+    net = _fake_network(connect_after=None)
+    ok = _with({"network": net}, lambda: platform.net_up("home", "pw", timeout_ms=0))
+    assert ok is False
+    assert net.log[-1] == ("disconnect",)
+
+
+def test_no_ssid_means_no_network_rather_than_a_hang():
+    net = _fake_network(connect_after=0)
+    assert _with({"network": net}, lambda: platform.net_up("", "")) is False
+    assert net.log == []
