@@ -54,9 +54,14 @@ class Device:
         cfg = json.loads(json.dumps(DEFAULT_CONFIG))
         cfg["drs_url"] = "https://localhost:%d" % port
         cfg["lwa_url"] = "https://localhost:%d/auth/o2/token" % port
+        if config and "slots" in config:  # several slots: the one-slot keys go
+            for k in ("slot_id", "low", "high", "confirm_samples", "warmup_samples", "sensor"):
+                cfg.pop(k)
         cfg.update(config or {})
         self.write_json("config.json", cfg)
-        secrets = {"client_id": client_id, "refresh_token": refresh_token}
+        secrets = {"client_id": client_id}
+        if refresh_token:
+            secrets["refresh_token"] = refresh_token
         if client_secret:
             secrets["client_secret"] = client_secret
         self.write_json("secrets.json", secrets)
@@ -71,8 +76,8 @@ class Device:
     def write_json(self, name, obj):
         (self.root / name).write_text(json.dumps(obj))
 
-    def set_level(self, raw):
-        (self.root / "level.txt").write_text("%d\n" % raw)
+    def set_level(self, raw, path="level.txt"):
+        (self.root / path).write_text("%d\n" % raw)
 
     def start(self):
         wall = self.wall + self.elapsed if self.wall else 0
@@ -127,6 +132,11 @@ class Device:
         self._send("status")
         return self._wait("@status")
 
+    def command(self, name, arg=""):
+        """challenge, register CODE, deregister, relay JSON: the bring-up commands."""
+        self._send(("%s %s" % (name, arg)).strip())
+        return self._wait("@" + name)
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             try:
@@ -151,6 +161,11 @@ class Device:
     def tagged(self, tag):
         return [f for _, t, f in self.events if t == tag]
 
-    def state_record(self):
+    def device_record(self):
         raw = (self.root / "state.json").read_bytes()
         return json.loads(raw[: raw.rfind(b"\n#")])
+
+    def state_record(self, slot=None):
+        """One slot's persisted record (the first configured slot's by default)."""
+        slots = self.device_record()["slots"]
+        return slots[slot] if slot else next(iter(slots.values()))

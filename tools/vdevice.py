@@ -5,6 +5,10 @@ MICROPYPATH pointing at the repo's lib/. The firmware is the real one; only time
 so tests and `make sim` can live through weeks in seconds. Commands, one per line:
   run MS     advance virtual time by MS milliseconds, stepping the app whenever it is due
   status     print the app's status
+  challenge  print the PKCE challenge for the registration page
+  register CODE    exchange an authorization code for tokens
+  deregister       end the registration and forget every token
+  relay JSON       hand the app a DRS notification relayed by the maker's cloud
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
 Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown).
@@ -66,6 +70,18 @@ def main():
             print("@done " + json.dumps(app.status()))
         elif cmd[0] == "status":
             print("@status " + json.dumps(app.status()))
+        elif cmd[0] == "challenge" and ok:
+            print("@challenge " + json.dumps(app.challenge()))
+        elif cmd[0] == "register" and ok and len(cmd) == 2:
+            print("@register " + json.dumps(app.register(cmd[1])))
+        elif cmd[0] == "deregister" and ok:
+            print("@deregister " + json.dumps(app.deregister()))
+        elif cmd[0] == "relay" and ok:
+            try:
+                msg = json.loads(line[len("relay") :])
+            except ValueError:
+                msg = None
+            print("@relay " + json.dumps(app.relay(msg)))
         elif cmd[0] == "exit":
             break
         else:

@@ -15,22 +15,33 @@ _REQ = const(-1)  # marks a required key in the schema
 _BIG = const(0x3FFFFFFF)
 
 # (key, type, min, max, default). Type: "i" int, "s" slot id, "u" https URL, "f" file name,
-# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text. For strings min/max bound the length.
+# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text.
+# For strings min/max bound the length. Default None: derived after the check.
 _SCHEMA = (
-    ("slot_id", "s", 1, 128, _REQ),
-    ("drs_url", "u", 9, 200, "https://dash-replenishment-service-na.amazon.com"),
-    ("lwa_url", "u", 9, 200, "https://api.amazon.com/auth/o2/token"),
+    ("region", "r", 1, 8, "na"),
+    ("drs_url", "u", 9, 200, None),
+    ("lwa_url", "u", 9, 200, None),
     ("ca_file", "f", 1, 64, "ca.pem"),
-    ("low", "i", 0, _BIG, _REQ),
-    ("high", "i", 0, _BIG, _REQ),
-    ("confirm_samples", "i", 1, 1000, 3),
-    ("warmup_samples", "i", 1, 1000, 5),
+    ("redirect_uri", "a", 0, 200, ""),
     ("sample_s", "i", 1, 86400, 60),
     ("inprogress_backoff_s", "i", 60, 30 * 86400, 6 * 3600),
     ("retry_base_s", "i", 1, 86400, 30),
     ("retry_cap_s", "i", 1, 7 * 86400, 6 * 3600),
     ("token_margin_s", "i", 0, 1800, 300),
     ("http_timeout_s", "i", 1, 120, 15),
+    ("subscription_check_s", "i", 600, 86400, 86400),
+    ("order_check_s", "i", 600, 7 * 86400, 12 * 3600),
+    ("order_checks_max", "i", 0, 1000, 30),
+    ("slot_status_min_s", "i", 60, 7 * 86400, 3600),
+)
+# Per slot: in a "slots" list, or at the top level for a device with one slot.
+_SLOT = (
+    ("slot_id", "s", 1, 128, _REQ),
+    ("low", "i", 0, _BIG, _REQ),
+    ("high", "i", 0, _BIG, _REQ),
+    ("confirm_samples", "i", 1, 1000, 3),
+    ("warmup_samples", "i", 1, 1000, 5),
+    ("report_delta", "i", 0, _BIG, 0),
 )
 _SENSOR = (
     ("kind", "k", 1, 8, _REQ),
@@ -49,10 +60,18 @@ _SENSOR = (
 _SECRET = (
     ("client_id", "t", 1, 100, _REQ),
     ("client_secret", "t", 0, 200, ""),
-    ("refresh_token", "t", 1, 2048, _REQ),
+    ("refresh_token", "t", 0, 2048, ""),
     ("wifi_ssid", "w", 0, 32, ""),
     ("wifi_password", "w", 0, 64, ""),
 )
+MAX_SLOTS = const(8)
+# LwA token hosts by region; DRS documents only its NA host, so elsewhere drs_url is required.
+_LWA = {
+    "na": "https://api.amazon.com/auth/o2/token",
+    "eu": "https://api.amazon.co.uk/auth/o2/token",
+    "fe": "https://api.amazon.co.jp/auth/o2/token",
+}
+DRS_NA = "https://dash-replenishment-service-na.amazon.com"
 SENSOR_KINDS = ("file", "adc")
 _SLOT_CHARS = "-._~"
 
@@ -81,9 +100,9 @@ def parse_url(url):
     return hostport, port, path.rstrip("/") if path != "/" else ""
 
 
-def valid_slot(s):
-    """A slot id goes into a URL path verbatim, so only unreserved characters pass."""
-    if not isinstance(s, str) or not 0 < len(s) <= 128:
+def valid_slot(s, maxlen=128):
+    """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters."""
+    if not isinstance(s, str) or not 0 < len(s) <= maxlen:
         return False
     for c in s:
         if not (c.isalpha() or c.isdigit() or c in _SLOT_CHARS) or ord(c) > 127:
@@ -105,7 +124,7 @@ def _check(src, schema, out, errors, where, prefix=""):
         if key not in src:
             if default == _REQ:
                 errors.append("%s: '%s' is missing" % (where, name))
-            else:
+            elif default is not None:
                 out[key] = default
             continue
         v = src[key]
@@ -128,6 +147,10 @@ def _check(src, schema, out, errors, where, prefix=""):
                 bad = "must be a file name on the device"
             elif typ == "k" and v not in SENSOR_KINDS:
                 bad = "must be one of " + ", ".join(SENSOR_KINDS)
+            elif typ == "r" and v not in _LWA:
+                bad = "must be one of na, eu, fe"
+            elif typ == "a" and v and not printable(v):
+                bad = "must be visible ASCII, without spaces"
             elif typ == "t" and not printable(v):
                 bad = "must be visible ASCII, without spaces or line breaks"
             if bad:
@@ -160,28 +183,78 @@ def _read(path, errors):
     return obj
 
 
+def _check_slot(src, out, errors, prefix):
+    rest = {k: src[k] for k in src if k != "sensor"}
+    _check(rest, _SLOT, out, errors, CONFIG, prefix)
+    sensor = src.get("sensor")
+    if not isinstance(sensor, dict):
+        errors.append("%s: '%ssensor' must be an object with at least 'kind'" % (CONFIG, prefix))
+        return
+    s = {}
+    _check(sensor, _SENSOR, s, errors, CONFIG, prefix + "sensor.")
+    out["sensor"] = s
+    if s.get("raw_empty") is not None and s.get("raw_empty") == s.get("raw_full"):
+        errors.append(
+            "%s: '%ssensor.raw_full' must differ from '%ssensor.raw_empty'"
+            % (CONFIG, prefix, prefix)
+        )
+    cap = s.get("capacity")
+    if cap and "high" in out and out["high"] > cap:
+        errors.append(
+            "%s: '%shigh' must not exceed '%ssensor.capacity'" % (CONFIG, prefix, prefix)
+        )
+    if "low" in out and "high" in out and out["low"] >= out["high"]:
+        errors.append("%s: '%slow' must be below '%shigh'" % (CONFIG, prefix, prefix))
+    if cap and not out.get("report_delta"):
+        out["report_delta"] = cap // 100 or 1  # report consumption in steps of 1 %
+
+
 def validate(raw, secrets):
-    """(config dict, secrets dict, errors list) from already-parsed JSON objects."""
+    """(config dict, secrets dict, errors list) from already-parsed JSON objects.
+
+    The config always comes out with a "slots" list, whichever form the file used."""
     errors = []
     cfg = {}
     sec = {}
     if raw is not None:
-        sensor = raw.get("sensor")
-        rest = {k: raw[k] for k in raw if k != "sensor"}
-        _check(rest, _SCHEMA, cfg, errors, CONFIG)
-        if not isinstance(sensor, dict):
-            errors.append("%s: 'sensor' must be an object with at least 'kind'" % CONFIG)
+        slot_keys = [k[0] for k in _SLOT] + ["sensor"]
+        if "slots" in raw:
+            rest = {k: raw[k] for k in raw if k != "slots"}
+            slots = raw["slots"]
+            if not isinstance(slots, list) or not 0 < len(slots) <= MAX_SLOTS:
+                errors.append(
+                    "%s: 'slots' must be a list of 1 to %d objects" % (CONFIG, MAX_SLOTS)
+                )
+                slots = []
         else:
-            s = {}
-            _check(sensor, _SENSOR, s, errors, CONFIG, "sensor.")
-            cfg["sensor"] = s
-            if s.get("raw_empty") is not None and s.get("raw_empty") == s.get("raw_full"):
-                errors.append("%s: 'sensor.raw_full' must differ from 'sensor.raw_empty'" % CONFIG)
-            cap = s.get("capacity")
-            if cap and "high" in cfg and cfg["high"] > cap:
-                errors.append("%s: 'high' must not exceed 'sensor.capacity'" % CONFIG)
-        if "low" in cfg and "high" in cfg and cfg["low"] >= cfg["high"]:
-            errors.append("%s: 'low' must be below 'high'" % CONFIG)
+            rest = {k: raw[k] for k in raw if k not in slot_keys}
+            slots = [{k: raw[k] for k in raw if k in slot_keys}]
+        _check(rest, _SCHEMA, cfg, errors, CONFIG)
+        cfg["slots"] = []
+        seen = []
+        for i, src in enumerate(slots):
+            prefix = "slots[%d]." % i if "slots" in raw else ""
+            if not isinstance(src, dict):
+                errors.append("%s: '%s' must be an object" % (CONFIG, prefix[:-1]))
+                continue
+            one = {}
+            _check_slot(src, one, errors, prefix)
+            sid = one.get("slot_id")
+            if sid in seen:
+                errors.append("%s: '%sslot_id' repeats slot %s" % (CONFIG, prefix, sid))
+            seen.append(sid)
+            cfg["slots"].append(one)
+        region = cfg.get("region", "na")
+        if cfg.get("lwa_url") is None:
+            cfg["lwa_url"] = _LWA.get(region, _LWA["na"])
+        if cfg.get("drs_url") is None:
+            if region == "na":
+                cfg["drs_url"] = DRS_NA
+            elif "drs_url" not in raw:
+                errors.append(
+                    "%s: 'drs_url' is missing (Amazon names no DRS host for region %s)"
+                    % (CONFIG, region)
+                )
         if "retry_base_s" in cfg and cfg.get("retry_cap_s", 0) < cfg["retry_base_s"]:
             errors.append("%s: 'retry_cap_s' must not be below 'retry_base_s'" % CONFIG)
     if secrets is not None:

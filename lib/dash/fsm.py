@@ -16,7 +16,8 @@ INPROGRESS = const(5)  # DRS said ORDER_INPROGRESS: long back-off before asking 
 RETRY = const(6)  # transient failure: exponential back-off before asking again
 FAULT = const(7)  # sensor fault: nothing is decided on readings until they are sane
 SUSPENDED = const(8)  # needs a human: unknown slot, revoked registration, bad credentials
-N_STATES = const(9)
+UNSUBSCRIBED = const(9)  # low, but the customer has no subscription for this slot
+N_STATES = const(10)
 
 NAMES = (
     "warmup",
@@ -28,6 +29,7 @@ NAMES = (
     "retry",
     "fault",
     "suspended",
+    "unsubscribed",
 )
 
 # Events.
@@ -42,24 +44,27 @@ E_PLACED = const(7)  # an order exists for this episode (placed, or ours in prog
 E_INPROGRESS = const(8)  # somebody else's order is open
 E_RETRY = const(9)  # transient failure
 E_SUSPEND = const(10)  # permanent failure
-N_EVENTS = const(11)
+E_REARM = const(11)  # the episode's order is gone (cancelled), or a human fixed things
+E_UNSUB = const(12)  # the slot has no subscription: no order may be placed for it
+N_EVENTS = const(13)
 
 _R = const(15)  # "go back to the state we were in before warm-up or the fault"
 _S = const(14)  # "stay"
 
 # fmt: off
 # One row per state, one column per event:
-#   LOW        MID      HIGH     FAULT  WARM  CONFIRMED  TIMER     PLACED   INPROG      RETRY  SUSP
+#   LOW      MID      HIGH     FAULT  WARM CONFIRMED TIMER     PLACED   INPROG      RETRY  SUSP       REARM    UNSUB
 _TABLE = bytes((
-    _S,        _S,      _S,      _S,    _R,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 WARMUP
-    CONFIRM,   _S,      _S,      FAULT, _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 MONITOR
-    _S,        MONITOR, MONITOR, FAULT, _S,   ORDERING,  _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 CONFIRM
-    _S,        _S,      _S,      _S,    _S,   _S,        _S,       ORDERED, INPROGRESS, RETRY, SUSPENDED,  # noqa: E501 ORDERING
-    _S,        _S,      MONITOR, FAULT, _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 ORDERED
-    _S,        _S,      MONITOR, FAULT, _S,   _S,        ORDERING, _S,      _S,         _S,    SUSPENDED,  # noqa: E501 INPROGRESS
-    _S,        _S,      MONITOR, FAULT, _S,   _S,        ORDERING, _S,      _S,         _S,    SUSPENDED,  # noqa: E501 RETRY
-    _R,        _R,      _R,      _S,    _S,   _S,        _S,       _S,      _S,         _S,    SUSPENDED,  # noqa: E501 FAULT
-    _S,        _S,      _S,      _S,    _S,   _S,        _S,       _S,      _S,         _S,    _S,         # noqa: E501 SUSPENDED
+    _S,      _S,      _S,      _S,    _R,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 WARMUP
+    CONFIRM, _S,      _S,      FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 MONITOR
+    _S,      MONITOR, MONITOR, FAULT, _S,  ORDERING, _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 CONFIRM
+    _S,      _S,      _S,      _S,    _S,  _S,       _S,       ORDERED, INPROGRESS, RETRY, SUSPENDED, _S,      UNSUBSCRIBED,  # noqa: E501 ORDERING
+    _S,      _S,      MONITOR, FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, MONITOR, _S,            # noqa: E501 ORDERED
+    _S,      _S,      MONITOR, FAULT, _S,  _S,       ORDERING, _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 INPROGRESS
+    _S,      _S,      MONITOR, FAULT, _S,  _S,       ORDERING, _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 RETRY
+    _R,      _R,      _R,      _S,    _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 FAULT
+    _S,      _S,      _S,      _S,    _S,  _S,       _S,       _S,      _S,         _S,    _S,        MONITOR, _S,            # noqa: E501 SUSPENDED
+    _S,      _S,      MONITOR, FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, MONITOR, _S,            # noqa: E501 UNSUBSCRIBED
 ))
 # fmt: on
 
@@ -81,7 +86,7 @@ class Machine:
         if state == SUSPENDED:
             self.state = SUSPENDED
             return
-        if state not in (ORDERING, ORDERED, INPROGRESS, RETRY):
+        if state not in (ORDERING, ORDERED, INPROGRESS, RETRY, UNSUBSCRIBED):
             state = MONITOR
         self.resume = state
         self.state = WARMUP

@@ -63,7 +63,7 @@ def parse_answer(status, body):
         return result.OK, at, rt, min(exp, 86400), ""
     err = obj.get("error") if obj else None
     if err == "invalid_grant":
-        return result.SUSPEND, None, None, 0, "registration revoked (invalid_grant)"
+        return result.REVOKED, None, None, 0, "registration revoked (invalid_grant)"
     if err in ("invalid_client", "unauthorized_client"):
         return result.SUSPEND, None, None, 0, "client credentials rejected (%s)" % err
     if status == 401:
@@ -141,8 +141,30 @@ class Tokens:
     def invalidate(self):
         self.access = None
 
+    @property
+    def registered(self):
+        return bool(self.refresh)
+
     def renew(self, https, url):
         """Refresh now. Returns (outcome, reason)."""
+        body = refresh_body(self.refresh, self.client_id, self.client_secret)
+        return self._grant(https, url, body, False)
+
+    def exchange(self, https, url, code, redirect_uri, verifier):
+        """Trade an authorization code for the device's first tokens (confidential client with
+        its secret, or PKCE with the verifier). Returns (outcome, reason)."""
+        body = b"grant_type=authorization_code&code=" + quote(code)
+        body += b"&redirect_uri=" + quote(redirect_uri) + b"&client_id=" + quote(self.client_id)
+        if self.client_secret:
+            body += b"&client_secret=" + quote(self.client_secret)
+        else:
+            body += b"&code_verifier=" + quote(verifier)
+        outcome, reason = self._grant(https, url, body, True)
+        if outcome == result.REVOKED:
+            reason = "authorization code expired, already used or not for this device"
+        return outcome, reason
+
+    def _grant(self, https, url, form, need_refresh):
         host, port, path = url
         status, body, _ = https.request(
             b"POST",
@@ -150,13 +172,15 @@ class Tokens:
             port,
             path.encode(),
             b"Content-Type: application/x-www-form-urlencoded\r\n",
-            refresh_body(self.refresh, self.client_id, self.client_secret),
+            form,
             _MAX_ANSWER,
         )
         outcome, at, rt, exp, reason = parse_answer(status, body)
         del body
         if outcome != result.OK:
             return outcome, reason
+        if need_refresh and not rt:
+            return result.TRANSIENT, "token answer has no refresh_token"
         self.refreshes += 1
         now = self.clock.wall()
         self._exp_ticks = self.clock.ticks_add(self.clock.ticks_ms(), exp * 1000)
@@ -177,5 +201,8 @@ class Tokens:
         return result.OK, ""
 
     def wipe(self):
+        """Forget every token (the caller also clears the provisioned one in secrets.json)."""
         self.access = None
+        self.refresh = ""
+        self._seed = seed_of("")
         self.store.remove(TOKENS)

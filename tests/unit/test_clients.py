@@ -59,7 +59,7 @@ def test_token_answers():
     no_rt = json.dumps({"access_token": "Atza|a", "token_type": "bearer", "expires_in": 60})
     assert lwa.parse_answer(200, no_rt)[:3] == (result.OK, "Atza|a", None)
     grant = json.dumps({"error": "invalid_grant", "error_description": "revoked"})
-    assert lwa.parse_answer(400, grant)[0] == result.SUSPEND
+    assert lwa.parse_answer(400, grant)[0] == result.REVOKED
     client = json.dumps({"error": "invalid_client"})
     assert lwa.parse_answer(401, client)[0] == result.SUSPEND
     assert lwa.parse_answer(500, b"oops")[0] == result.TRANSIENT
@@ -77,3 +77,89 @@ def test_expiry_margin():
     assert lwa.fresh(1000, 1400, 300)
     assert not lwa.fresh(1000, 1300, 300)
     assert not lwa.fresh(2000, 1300, 0)
+
+
+def test_subscription_answers_v1_and_v2():
+    v1 = json.dumps({"slotsSubscriptionStatus": {"a": True, "b": False}})
+    assert drs.parse_subscriptions(v1, ["a", "b", "c"]) == {"a": 1, "b": 0, "c": -1}
+    v2 = json.dumps(
+        {"slotsSubscriptionStatus": {"a": {"subscribed": True, "productInfoList": []}, "b": {}}}
+    )
+    assert drs.parse_subscriptions(v2, ["a", "b"]) == {"a": 1, "b": 0}
+    assert drs.parse_subscriptions(
+        json.dumps({"slotsSubscriptionStatus": {"a": "yes"}}), ["a"]
+    ) == {"a": False}
+    for junk in (b"", b"[]", b"{}", b'{"slotsSubscriptionStatus": []}'):
+        assert drs.parse_subscriptions(junk, ["a"]) is None
+
+
+def _order(*statuses, iid="e1"):
+    items = [{"asin": "B0", "quantity": 1, "slotId": "a", "status": s} for s in statuses]
+    return json.dumps({"orderInfoData": {"instanceId": iid, "orderItems": items}})
+
+
+def test_order_info_answers():
+    assert drs.parse_order_status(_order("Pending"), "e1") == drs.O_OPEN
+    assert drs.parse_order_status(_order("Processing"), "e1") == drs.O_OPEN
+    assert drs.parse_order_status(_order("SomethingNew"), "e1") == drs.O_OPEN
+    assert drs.parse_order_status(_order("Cancelled"), "e1") == drs.O_CANCELLED
+    assert drs.parse_order_status(_order("Delivered"), "e1") == drs.O_DONE
+    assert drs.parse_order_status(_order("Delivered", "Cancelled"), "e1") == drs.O_DONE
+    assert drs.parse_order_status(_order("Cancelled", "Shipped"), "e1") == drs.O_OPEN
+    assert drs.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
+    for junk in (b"", b"{}", b'{"orderInfoData": 5}'):
+        assert drs.parse_order_status(junk, "e1") is None
+
+
+def test_event_ids_that_cannot_go_into_a_url_are_not_looked_up():
+    assert drs.order_info_path("amzn1.dash.v2.o.ro.1-2") == "/getOrderInfo/amzn1.dash.v2.o.ro.1-2"
+    assert drs.order_info_path("a/../b") is None and drs.order_info_path("a b") is None
+
+
+def test_dates_and_report_bodies():
+    assert drs.iso8601(0) == "1970-01-01T00:00:00Z"
+    assert drs.iso8601(951782400) == "2000-02-29T00:00:00Z"
+    assert drs.iso8601(1790000000) == "2026-09-21T14:13:20Z"
+    assert drs.iso8601(4102444799) == "2099-12-31T23:59:59Z"
+    assert json.loads(drs.device_status_body(0)) == {
+        "mostRecentlyActiveDate": "1970-01-01T00:00:00Z"
+    }
+    body = json.loads(drs.slot_status_body(35, 100, 35, 0, 86400))
+    assert body == {
+        "expectedReplenishmentDate": "1970-01-02T00:00:00Z",
+        "remainingQuantityInUnit": 35,
+        "originalQuantityInUnit": 100,
+        "totalQuantityOnHand": 35,
+        "lastUseDate": "1970-01-01T00:00:00Z",
+    }
+
+
+def test_pkce_challenge_matches_rfc7636():
+    from dash import provision
+
+    v = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    assert provision.challenge(v) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def test_code_exchange_bodies():
+    class T:
+        def request(self, *a):
+            self.form = a[5]
+            return 400, b'{"error": "invalid_grant"}', {}
+
+    class NoStore:
+        def load(self, name):
+            return None
+
+    tok = lwa.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60)
+    assert not tok.registered
+    t = T()
+    outcome, reason = tok.exchange(t, ("h", 1, "/p"), "AN|c", "https://x/cb", "v" * 43)
+    assert t.form == (
+        b"grant_type=authorization_code&code=AN%7Cc&redirect_uri=https%3A%2F%2Fx%2Fcb"
+        b"&client_id=cid&code_verifier=" + b"v" * 43
+    )
+    assert outcome == result.REVOKED and "expired" in reason
+    tok.client_secret = "s"
+    tok.exchange(t, ("h", 1, "/p"), "c", "r", "")
+    assert t.form.endswith(b"&client_secret=s") and b"code_verifier" not in t.form

