@@ -290,6 +290,7 @@ def test_nothing_is_written_while_nothing_changes(device):
     assert duties == ["token-refresh", "device-status"]
     assert device.status()["flash_writes"] == before + 2
 
+
 def test_secrets_never_appear_in_output(make_device, emulator):
     rt = emulator.add_refresh_token()
     dev = make_device(refresh_token=rt).start()

@@ -1,22 +1,62 @@
-"""Emulator of Amazon DRS v1 Replenish and the Login with Amazon token endpoint, over HTTPS.
+"""Emulator of Amazon DRS v1 and the Login with Amazon token endpoint, over HTTPS.
 
 Three listeners on 127.0.0.1 share one state: `port` (valid certificate for localhost),
 `port_wrong_name` (certificate for wrong.example) and `port_untrusted` (leaf from a rogue
 CA). Every parsed request is recorded; tests inject one-shot faults per path prefix.
 Each connection carries exactly one request and is closed after the answer.
 
-CLI: python3 tools/drs_emulator.py --certs DIR [--slots slot-a,slot-b]
+Endpoints, as Amazon's DRS v1 pages list them (type names drop the common prefix
+`com.amazon.dash.replenishment.`):
+
+  POST   /replenish/{slot}          DrsReplenishInput@1.0       DrsReplenishResult@1.0
+  POST   /slotStatus/{slot}         DrsSlotStatusInput@1.0      DrsSlotStatusResult@1.0
+  POST   /deviceStatus              DrsDeviceStatusInput@1.0    DrsDeviceStatusResult@1.0
+  GET    /subscriptionInfo          DrsSubscriptionInfoInput@1.0
+                                    DrsSubscriptionInfoResult@1.0 or @2.0
+  GET    /getOrderInfo/{eventId}    DrsOrderInfoInput@1.0       DrsOrderInfoResult@1.0
+  DELETE /registration              DrsDeregisterInput@2.0      DrsDeregisterResult@1.0
+  DELETE /testOrders[/slots/{slot}] DrsCancelTestOrdersInput@1.0
+                                    DrsCancelTestOrdersResult@1.0
+  POST   /auth/o2/token             LwA: grant_type refresh_token or authorization_code
+
+A DRS call is checked in this order: method, x-amzn-type-version, x-amzn-accept-type, body
+(Content-Type if present, then shape), bearer token, then the resource. Every refusal is
+400 {"message": ...} (an unknown order id too) except an unknown slot, which is 404; every DRS
+answer carries an x-amzn-type-version header naming the result type. Paths that match no
+endpoint get 404 without it.
+
+Order lifecycle (state in `orders`, each a dict with slot, event_instance_id, detail_code,
+open, status, asin, expected_delivery_date): Replenish places an order "Pending" unless the
+slot has an open one (then ORDER_INPROGRESS, with a fresh event id that names no order);
+ship() -> "Shipped" (still open), mark_delivered() -> "Delivered", cancel_order() and
+CancelTestOrder -> "Cancelled" (both close it), set_order_status() sets any status.
+
+LwA: refresh tokens come from add_refresh_token() or from an authorization code made by
+issue_auth_code() (confidential, or PKCE with a code_challenge). Tokens obtained through a
+PKCE code are "public": they refresh without client_secret. DELETE /registration and
+revoke_all() kill every token.
+
+CLI: python3 tools/drs_emulator.py --certs DIR [--slots slot-a,slot-b] [--unsubscribed slot-b]
      [--refresh-token TOKEN] [--test-device]
+It prints one JSON line (ports, CA paths, a refresh token, and `auth_code`, a confidential
+authorization code for `redirect_uri`, valid 5 minutes), then serves until SIGTERM/SIGINT.
 """
 
 import argparse
+import base64
+import datetime
+import hashlib
+import hmac
 import http
 import json
 import logging
+import math
+import re
 import secrets
 import signal
 import socket
 import ssl
+import string
 import struct
 import sys
 import threading
@@ -33,10 +73,55 @@ log = logging.getLogger("drs_emulator")
 
 TOKEN_PATH = "/auth/o2/token"
 REPLENISH_PATH = "/replenish/"
-REPLENISH_INPUT = "com.amazon.dash.replenishment.DrsReplenishInput@1.0"
-REPLENISH_RESULT = "com.amazon.dash.replenishment.DrsReplenishResult@1.0"
+TYPE_PREFIX = "com.amazon.dash.replenishment."
+REPLENISH_INPUT = TYPE_PREFIX + "DrsReplenishInput@1.0"
+REPLENISH_RESULT = TYPE_PREFIX + "DrsReplenishResult@1.0"
 DRS_HEADERS = {"x-amzn-type-version": REPLENISH_RESULT}
 LWA_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+DEFAULT_REDIRECT_URI = "https://maker.example/dash/callback"
+
+# endpoint -> (label, method, input type, accepted result types; the first is the default).
+ENDPOINTS = {
+    "replenish": ("Replenish", "POST", "DrsReplenishInput@1.0", ("DrsReplenishResult@1.0",)),
+    "slot_status": ("SlotStatus", "POST", "DrsSlotStatusInput@1.0", ("DrsSlotStatusResult@1.0",)),
+    "device_status": (
+        "DeviceStatus",
+        "POST",
+        "DrsDeviceStatusInput@1.0",
+        ("DrsDeviceStatusResult@1.0",),
+    ),
+    "subscription_info": (
+        "SubscriptionInfo",
+        "GET",
+        "DrsSubscriptionInfoInput@1.0",
+        ("DrsSubscriptionInfoResult@1.0", "DrsSubscriptionInfoResult@2.0"),
+    ),
+    "order_info": ("GetOrderInfo", "GET", "DrsOrderInfoInput@1.0", ("DrsOrderInfoResult@1.0",)),
+    "deregister": ("Deregister", "DELETE", "DrsDeregisterInput@2.0", ("DrsDeregisterResult@1.0",)),
+    "cancel_test_orders": (
+        "CancelTestOrder",
+        "DELETE",
+        "DrsCancelTestOrdersInput@1.0",
+        ("DrsCancelTestOrdersResult@1.0",),
+    ),
+}
+# (path pattern, endpoint); groups are URL-decoded and passed to the handler.
+ROUTES = (
+    (re.compile(r"/replenish/([^/]*)"), "replenish"),
+    (re.compile(r"/slotStatus/([^/]*)"), "slot_status"),
+    (re.compile(r"/deviceStatus"), "device_status"),
+    (re.compile(r"/subscriptionInfo"), "subscription_info"),
+    (re.compile(r"/getOrderInfo/([^/]*)"), "order_info"),
+    (re.compile(r"/registration"), "deregister"),
+    (re.compile(r"/testOrders/slots/([^/]*)"), "cancel_test_orders"),
+    (re.compile(r"/testOrders()"), "cancel_test_orders"),  # empty group: every slot
+)
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z")
+SLOT_STATUS_DATES = ("expectedReplenishmentDate", "lastUseDate")
+SLOT_STATUS_NUMBERS = ("remainingQuantityInUnit", "originalQuantityInUnit", "totalQuantityOnHand")
+PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+CODE_CHARS = string.ascii_letters
+
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
 IO_TIMEOUT = 10.0  # bounds reads from clients that connect and never finish a request
@@ -66,6 +151,19 @@ def make_token(prefix, length):
     return f"{prefix}{s[:third]}|{s[third + 1 : 2 * third]}|{s[2 * third + 1 :]}"
 
 
+def make_asin(slot):
+    """A stable, ASIN-shaped product id (B0 + 8 characters) for a slot."""
+    return "B0" + hashlib.sha256(slot.encode()).hexdigest()[:8].upper()
+
+
+def pkce_challenge(verifier, method="S256"):
+    """The code_challenge a client sends for `verifier` (RFC 7636)."""
+    if method == "plain":
+        return verifier
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def _encode(body):
     if isinstance(body, (dict, list)):
         return json.dumps(body).encode()
@@ -76,12 +174,94 @@ def _json(status, obj, headers=None):
     return status, {"Content-Type": "application/json", **(headers or {})}, _encode(obj)
 
 
+def _valid_date(value):
+    if not isinstance(value, str) or not ISO_DATE.fullmatch(value):
+        return False
+    try:
+        datetime.datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_quantity(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or math.isfinite(value))  # a huge int overflows isfinite
+        and value >= 0
+    )
+
+
+def _parse_json_object(body):
+    """The request body as a dict; ValueError (with a reason) for anything else."""
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate key in JSON object")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        doc = json.loads(
+            body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants
+        )
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"body is not JSON: {e}")
+    if not isinstance(doc, dict):
+        raise ValueError("body must be a JSON object")
+    return doc
+
+
+def _check_keys(doc, wanted):
+    missing = [k for k in wanted if k not in doc]
+    extra = sorted(k for k in doc if k not in wanted)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(missing))
+        if extra:
+            parts.append("unknown " + ", ".join(extra))
+        raise ValueError("body fields: " + "; ".join(parts))
+
+
+def _validate_slot_status(doc):
+    _check_keys(doc, SLOT_STATUS_DATES[:1] + SLOT_STATUS_NUMBERS + SLOT_STATUS_DATES[1:])
+    for key in SLOT_STATUS_DATES:
+        if not _valid_date(doc[key]):
+            raise ValueError(f"{key} must be an ISO-8601 UTC date like 2015-12-21T10:00:00Z")
+    for key in SLOT_STATUS_NUMBERS:
+        if not _valid_quantity(doc[key]):
+            raise ValueError(f"{key} must be a non-negative number")
+
+
+def _validate_device_status(doc):
+    _check_keys(doc, ("mostRecentlyActiveDate",))
+    if not _valid_date(doc["mostRecentlyActiveDate"]):
+        raise ValueError(
+            "mostRecentlyActiveDate must be an ISO-8601 UTC date like 2015-12-21T10:00:00Z"
+        )
+
+
+BODY_VALIDATORS = {"slot_status": _validate_slot_status, "device_status": _validate_device_status}
+
+
 class _BadRequest(Exception):
     pass
 
 
 class Emulator:
-    """DRS Replenish + LwA token endpoint. See the module docstring; use start()/stop()."""
+    """DRS v1 + LwA token endpoint. See the module docstring; use start()/stop().
+
+    Public state (read it freely; change it through the methods): requests, orders,
+    slot_status, device_status, subscriptions, asins, tls_failures, refresh_count,
+    code_grants, deregistrations.
+    """
 
     def __init__(
         self,
@@ -104,11 +284,19 @@ class Emulator:
         self.port = self.port_wrong_name = self.port_untrusted = None
         self.requests = []
         self.orders = []
+        self.slot_status = {slot: [] for slot in self.slots}  # slot -> accepted report dicts
+        self.device_status = []  # accepted mostRecentlyActiveDate strings
+        self.subscriptions = dict.fromkeys(self.slots, True)
+        self.asins = {slot: make_asin(slot) for slot in self.slots}
         self.tls_failures = 0
         self.refresh_count = 0  # successful refresh_token grants
+        self.code_grants = 0  # successful authorization_code grants
+        self.deregistrations = 0  # successful DELETE /registration calls
         self._lock = threading.RLock()
         self._refresh_tokens = set()
+        self._public_refresh_tokens = set()  # subset refreshable without client_secret
         self._access_tokens = {}  # token -> time.monotonic() expiry
+        self._auth_codes = {}  # code -> dict(redirect_uri, challenge, method, expiry, used)
         self._faults = []  # [path_prefix, kind, kw, remaining], consumed FIFO
         self._stop = threading.Event()
         self._listeners = []
@@ -156,23 +344,67 @@ class Emulator:
     def __exit__(self, *exc):
         self.stop()
 
-    # -- state control --
+    # -- state control: tokens --
 
-    def add_refresh_token(self, token=None):
+    def add_refresh_token(self, token=None, public=False):
+        """Register a refresh token (generated if None) and return it. public=True: it may
+        be refreshed without client_secret, like one obtained through a PKCE code."""
         token = token or make_token("Atzr|", 300)
         with self._lock:
             self._refresh_tokens.add(token)
+            if public:
+                self._public_refresh_tokens.add(token)
         return token
 
     def revoke_all(self):
+        """Invalidate every refresh and access token (authorization codes survive)."""
         with self._lock:
             self._refresh_tokens.clear()
+            self._public_refresh_tokens.clear()
             self._access_tokens.clear()
 
     def expire_access_tokens(self):
         with self._lock:
             for token in self._access_tokens:
                 self._access_tokens[token] = 0.0
+
+    def issue_auth_code(
+        self,
+        redirect_uri=DEFAULT_REDIRECT_URI,
+        code_challenge=None,
+        code_challenge_method="S256",
+        ttl=300,
+    ):
+        """An authorization code as LwA's consent page would hand the maker's app, valid
+        for `ttl` seconds and once. With code_challenge it is a PKCE code (the exchange needs
+        code_verifier, not client_secret); without, a confidential one."""
+        if code_challenge is not None and code_challenge_method not in ("S256", "plain"):
+            raise ValueError("code_challenge_method must be 'S256' or 'plain'")
+        code = "AN" + "".join(secrets.choice(CODE_CHARS) for _ in range(18))
+        with self._lock:
+            self._auth_codes[code] = {
+                "redirect_uri": redirect_uri,
+                "challenge": code_challenge,
+                "method": code_challenge_method,
+                "expiry": time.monotonic() + ttl,
+                "used": False,
+            }
+        return code
+
+    def expire_codes(self):
+        """Make every outstanding authorization code expired."""
+        with self._lock:
+            for info in self._auth_codes.values():
+                info["expiry"] = 0.0
+
+    # -- state control: slots and orders --
+
+    def set_subscribed(self, slot, flag):
+        """What SubscriptionInfo reports for `slot` (Replenish does not look at it)."""
+        if slot not in self.slots:
+            raise ValueError(f"unknown slot {slot!r}")
+        with self._lock:
+            self.subscriptions[slot] = bool(flag)
 
     def open_order(self, slot):
         with self._lock:
@@ -181,28 +413,73 @@ class Emulator:
                     return order["event_instance_id"]
         return None
 
+    def _new_order(self, slot, event_id, detail_code):
+        order = {
+            "slot": slot,
+            "event_instance_id": event_id,
+            "detail_code": detail_code,
+            "open": True,
+            "status": "Pending",
+            "asin": self.asins.get(slot) or make_asin(slot),
+            "expected_delivery_date": "",
+        }
+        with self._lock:
+            self.orders.append(order)
+        return order
+
     def place_order(self, slot, event_id="amzn1.dash.v2.o.ro.elsewhere"):
         """An order opened outside this device (the customer, another device): DRS will
         answer ORDER_INPROGRESS until it is delivered."""
-        with self._lock:
-            self.orders.append(
-                {
-                    "slot": slot,
-                    "event_instance_id": event_id,
-                    "detail_code": "STANDARD_ORDER_PLACED",
-                    "open": True,
-                }
-            )
+        self._new_order(slot, event_id, "STANDARD_ORDER_PLACED")
         return event_id
 
-    def mark_delivered(self, slot):
-        """Close the slot's open order; return its event id (None if there was none)."""
+    def _close_open(self, slot, status, close):
         with self._lock:
             for order in self.orders:
                 if order["slot"] == slot and order["open"]:
-                    order["open"] = False
-                    return order["event_instance_id"]
+                    order["status"] = status
+                    order["open"] = not close
+                    return order
         return None
+
+    def ship(self, slot):
+        """The slot's open order ships ("Shipped", still open, delivery expected in 2 days);
+        return its event id (None if there was none)."""
+        order = self._close_open(slot, "Shipped", close=False)
+        if order is None:
+            return None
+        when = time.gmtime(time.time() + 2 * 86400)
+        with self._lock:
+            order["expected_delivery_date"] = time.strftime("%Y-%m-%dT07:59:59.000Z", when)
+        return order["event_instance_id"]
+
+    def mark_delivered(self, slot):
+        """Close the slot's open order ("Delivered"); return its event id (None if there was
+        none)."""
+        order = self._close_open(slot, "Delivered", close=True)
+        return order and order["event_instance_id"]
+
+    def cancel_order(self, slot):
+        """Cancel the slot's open order ("Cancelled", closed); return its event id (None if
+        there was none)."""
+        order = self._close_open(slot, "Cancelled", close=True)
+        return order and order["event_instance_id"]
+
+    def set_order_status(self, event_id, status, expected_delivery_date=None, open=None):
+        """Set the status GetOrderInfo reports for every order with this event id (any
+        string). `open` and the date change only when given. KeyError if there is none."""
+        with self._lock:
+            found = [o for o in self.orders if o["event_instance_id"] == event_id]
+            if not found:
+                raise KeyError(event_id)
+            for order in found:
+                order["status"] = status
+                if expected_delivery_date is not None:
+                    order["expected_delivery_date"] = expected_delivery_date
+                if open is not None:
+                    order["open"] = bool(open)
+
+    # -- state control: faults and records --
 
     def inject(self, path_prefix, kind, times=1, **kw):
         """Queue a fault for the next `times` requests whose path starts with path_prefix.
@@ -438,51 +715,135 @@ class Emulator:
         route = urllib.parse.urlsplit(path).path
         if route == TOKEN_PATH:
             return self._lwa_token(method, headers, body)
-        if route.startswith(REPLENISH_PATH):
-            return self._replenish(method, route, headers, body)
+        for pattern, endpoint in ROUTES:
+            match = pattern.fullmatch(route)
+            if match:
+                args = [urllib.parse.unquote(g) for g in match.groups()]
+                return self._drs(endpoint, method, headers, body, args)
         return _json(404, {"message": f"no such resource: {route}"})
 
-    def _lwa_token(self, method, headers, body):
-        def error(status, code, description):
-            return _json(status, {"error": code, "error_description": description}, LWA_HEADERS)
+    # LwA
 
+    def _lwa_token(self, method, headers, body):
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if method != "POST" or ctype != "application/x-www-form-urlencoded":
-            return error(400, "invalid_request", "POST an application/x-www-form-urlencoded body")
+            return _lwa_error(
+                400, "invalid_request", "POST an application/x-www-form-urlencoded body"
+            )
         try:
             form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
         except UnicodeDecodeError:
-            return error(400, "invalid_request", "malformed form body")
+            return _lwa_error(400, "invalid_request", "malformed form body")
         if any(len(v) > 1 for v in form.values()):
-            return error(400, "invalid_request", "duplicate parameter")
+            return _lwa_error(400, "invalid_request", "duplicate parameter")
         params = {k: v[0] for k, v in form.items()}
         grant = params.get("grant_type")
+        if grant == "authorization_code":
+            return self._code_grant(params)
         if grant and grant != "refresh_token":
-            return error(400, "unsupported_grant_type", f"grant_type {grant!r} not supported")
-        needed = ["grant_type", "refresh_token", "client_id"]
-        if self.client_secret is not None:
-            needed.append("client_secret")
-        missing = [k for k in needed if not params.get(k)]
-        if missing:
-            return error(400, "invalid_request", "missing parameter(s): " + ", ".join(missing))
-        if params["client_id"] != self.client_id or (
-            self.client_secret is not None and params["client_secret"] != self.client_secret
-        ):
-            return error(401, "invalid_client", "Client authentication failed")
+            return _lwa_error(400, "unsupported_grant_type", f"grant_type {grant!r} not supported")
         with self._lock:
-            refresh = params["refresh_token"]
-            if refresh not in self._refresh_tokens:
-                return error(
+            return self._refresh_grant(params)
+
+    def _client_error(self, params, secret_required):
+        """The answer for missing or wrong client credentials, None when they are fine."""
+        if secret_required and self.client_secret is not None and not params.get("client_secret"):
+            return _lwa_error(400, "invalid_request", "missing parameter(s): client_secret")
+        if params["client_id"] != self.client_id or (
+            self.client_secret is not None
+            and params.get("client_secret")
+            and params["client_secret"] != self.client_secret
+        ):
+            return _lwa_error(401, "invalid_client", "Client authentication failed")
+        return None
+
+    def _refresh_grant(self, params):
+        missing = [k for k in ("grant_type", "refresh_token", "client_id") if not params.get(k)]
+        refresh = params.get("refresh_token")
+        public = refresh in self._public_refresh_tokens
+        if self.client_secret is not None and not public and not params.get("client_secret"):
+            missing.append("client_secret")
+        if missing:
+            return _lwa_error(
+                400, "invalid_request", "missing parameter(s): " + ", ".join(missing)
+            )
+        error = self._client_error(params, secret_required=not public)
+        if error:
+            return error
+        if refresh not in self._refresh_tokens:
+            return _lwa_error(
+                400, "invalid_grant", "The request has an invalid grant parameter : refresh_token"
+            )
+        if self.rotate_refresh_tokens:
+            self._refresh_tokens.discard(refresh)
+            self._public_refresh_tokens.discard(refresh)
+            refresh = self.add_refresh_token(public=public)
+        self.refresh_count += 1
+        return self._issue_tokens(refresh)
+
+    def _code_grant(self, params):
+        missing = [k for k in ("code", "redirect_uri", "client_id") if not params.get(k)]
+        if missing:
+            return _lwa_error(
+                400, "invalid_request", "missing parameter(s): " + ", ".join(missing)
+            )
+        with self._lock:
+            info = self._auth_codes.get(params["code"])
+            pkce = info is not None and info["challenge"] is not None
+            error = self._client_error(params, secret_required=False)
+            if error:
+                return error
+            if info is None:
+                return _lwa_error(400, "invalid_grant", "authorization code is unknown")
+            if info["used"]:
+                return _lwa_error(400, "invalid_grant", "authorization code was already used")
+            if info["expiry"] <= time.monotonic():
+                return _lwa_error(400, "invalid_grant", "authorization code has expired")
+            if params["redirect_uri"] != info["redirect_uri"]:
+                return _lwa_error(
                     400,
                     "invalid_grant",
-                    "The request has an invalid grant parameter : refresh_token",
+                    "redirect_uri does not match the one the code was issued for",
                 )
-            if self.rotate_refresh_tokens:
-                self._refresh_tokens.discard(refresh)
-                refresh = self.add_refresh_token()
-            access = make_token("Atza|", 400)
+            verifier = params.get("code_verifier")
+            if pkce:
+                if not verifier:
+                    return _lwa_error(
+                        400,
+                        "invalid_request",
+                        "missing parameter(s): code_verifier (the code was issued for PKCE)",
+                    )
+                if not PKCE_VERIFIER.fullmatch(verifier):
+                    return _lwa_error(
+                        400,
+                        "invalid_request",
+                        "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]",
+                    )
+                if not hmac.compare_digest(
+                    pkce_challenge(verifier, info["method"]).encode(),
+                    info["challenge"].encode(),
+                ):
+                    return _lwa_error(
+                        400, "invalid_grant", "code_verifier does not match the code_challenge"
+                    )
+            else:
+                if "code_verifier" in params:  # PKCE downgrade: the code had no challenge
+                    return _lwa_error(
+                        400,
+                        "invalid_grant",
+                        "code_verifier sent for a code issued without code_challenge",
+                    )
+                error = self._client_error(params, secret_required=True)
+                if error:
+                    return error
+            info["used"] = True
+            self.code_grants += 1
+            return self._issue_tokens(self.add_refresh_token(public=pkce))
+
+    def _issue_tokens(self, refresh):
+        access = make_token("Atza|", 400)
+        with self._lock:
             self._access_tokens[access] = time.monotonic() + self.access_token_lifetime
-            self.refresh_count += 1
         return _json(
             200,
             {
@@ -494,52 +855,140 @@ class Emulator:
             LWA_HEADERS,
         )
 
-    def _replenish(self, method, route, headers, body):
-        def bad(message):
-            return _json(400, {"message": message}, DRS_HEADERS)
+    # DRS
 
-        if method != "POST":
-            return bad(f"method {method} not supported, use POST")
-        for name, want in (
-            ("x-amzn-type-version", REPLENISH_INPUT),
-            ("x-amzn-accept-type", REPLENISH_RESULT),
-        ):
-            if headers.get(name) != want:
-                return bad(f"{name} must be {want}, got {headers.get(name)!r}")
-        if body:
-            return bad("Replenish takes no request body")
+    def _drs(self, endpoint, method, headers, body, args):
+        label, want_method, input_type, results = ENDPOINTS[endpoint]
+        input_type = TYPE_PREFIX + input_type
+        results = [TYPE_PREFIX + r for r in results]
+        accept = headers.get("x-amzn-accept-type")
+        answer_headers = {"x-amzn-type-version": accept if accept in results else results[0]}
+
+        def bad(message):
+            return _json(400, {"message": message}, answer_headers)
+
+        if method != want_method:
+            return bad(f"method {method} not supported, use {want_method}")
+        type_version = headers.get("x-amzn-type-version")
+        if type_version != input_type:
+            return bad(f"x-amzn-type-version must be {input_type}, got {type_version!r}")
+        if accept not in results:
+            return bad(f"x-amzn-accept-type must be {' or '.join(results)}, got {accept!r}")
+        validate = BODY_VALIDATORS.get(endpoint)
+        doc = None
+        if validate is None:
+            if body:
+                return bad(f"{label} takes no request body")
+        else:
+            ctype = headers.get("content-type")
+            if ctype is not None and ctype.split(";")[0].strip().lower() != "application/json":
+                return bad(f"Content-Type must be application/json, got {ctype!r}")
+            try:
+                doc = _parse_json_object(body)
+                validate(doc)
+            except ValueError as e:
+                return bad(f"{label}: {e}")
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return bad("missing or malformed Authorization: Bearer header")
-        slot = urllib.parse.unquote(route[len(REPLENISH_PATH) :])
         with self._lock:
             expiry = self._access_tokens.get(token)
             if expiry is None:
                 return bad("invalid or revoked access token")
             if expiry <= time.monotonic():
                 return bad("access token expired")
-            if slot not in self.slots:
-                return _json(404, {"message": f"slot {slot!r} does not exist"}, DRS_HEADERS)
-            event_id = "amzn1.dash.v2.o.ro." + str(uuid.uuid4())
-            if self.open_order(slot):
-                code = "ORDER_INPROGRESS"
+            return getattr(self, "_do_" + endpoint)(answer_headers, doc, *args)
+
+    def _unknown_slot(self, headers, slot):
+        return _json(404, {"message": f"slot {slot!r} does not exist"}, headers)
+
+    def _do_replenish(self, headers, _doc, slot):
+        if slot not in self.slots:
+            return self._unknown_slot(headers, slot)
+        event_id = "amzn1.dash.v2.o.ro." + str(uuid.uuid4())
+        if self.open_order(slot):
+            code = "ORDER_INPROGRESS"
+        else:
+            code = "TEST_ORDER_PLACED" if self.is_test_device else "STANDARD_ORDER_PLACED"
+            self._new_order(slot, event_id, code)
+        return _json(200, {"eventInstanceId": event_id, "detailCode": code}, headers)
+
+    def _do_slot_status(self, headers, doc, slot):
+        if slot not in self.slots:
+            return self._unknown_slot(headers, slot)
+        self.slot_status.setdefault(slot, []).append(doc)
+        return 200, headers, b""
+
+    def _do_device_status(self, headers, doc):
+        self.device_status.append(doc["mostRecentlyActiveDate"])
+        return 200, headers, b""
+
+    def _do_subscription_info(self, headers, _doc):
+        v2 = headers["x-amzn-type-version"].endswith("@2.0")
+        status = {}
+        for slot in self.slots:
+            subscribed = bool(self.subscriptions.get(slot, False))
+            if v2:
+                products = [{"asin": self.asins[slot], "quantity": 1, "unit": "count"}]
+                status[slot] = {
+                    "subscribed": subscribed,
+                    "productInfoList": products if subscribed else [],
+                }
             else:
-                code = "TEST_ORDER_PLACED" if self.is_test_device else "STANDARD_ORDER_PLACED"
-                self.orders.append(
-                    {
-                        "slot": slot,
-                        "event_instance_id": event_id,
-                        "detail_code": code,
-                        "open": True,
-                    }
-                )
-        return _json(200, {"eventInstanceId": event_id, "detailCode": code}, DRS_HEADERS)
+                status[slot] = subscribed
+        return _json(200, {"slotsSubscriptionStatus": status}, headers)
+
+    def _do_order_info(self, headers, _doc, event_id):
+        items = [
+            {
+                "asin": o["asin"],
+                "expectedDeliveryDate": o["expected_delivery_date"],
+                "quantity": 1,
+                "slotId": o["slot"],
+                "status": o["status"],
+            }
+            for o in self.orders
+            if o["event_instance_id"] == event_id
+        ]
+        if not items:
+            return _json(400, {"message": f"no order with instance id {event_id!r}"}, headers)
+        return _json(
+            200, {"orderInfoData": {"instanceId": event_id, "orderItems": items}}, headers
+        )
+
+    def _do_deregister(self, headers, _doc):
+        self.revoke_all()
+        self.deregistrations += 1
+        return 200, headers, b""
+
+    def _do_cancel_test_orders(self, headers, _doc, slot):
+        if slot and slot not in self.slots:  # "" is /testOrders: every slot
+            return self._unknown_slot(headers, slot)
+        statuses = []
+        for s in [slot] if slot else self.slots:
+            cancelled = False
+            for order in self.orders:
+                if (
+                    order["slot"] == s
+                    and order["open"]
+                    and order["detail_code"] == "TEST_ORDER_PLACED"
+                ):
+                    order["open"], order["status"] = False, "Cancelled"
+                    cancelled = True
+            state = "CANCELLED" if cancelled else "NO_ORDER_IN_PROGRESS"
+            statuses.append({"orderStatus": state, "slotId": s})
+        return _json(200, {"slotOrderStatuses": statuses}, headers)
+
+
+def _lwa_error(status, code, description):
+    return _json(status, {"error": code, "error_description": description}, LWA_HEADERS)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--certs", required=True, help="certificate directory (made if needed)")
     ap.add_argument("--slots", default="slot-a", help="comma-separated slot ids")
+    ap.add_argument("--unsubscribed", default="", help="comma-separated slots not subscribed")
     ap.add_argument("--refresh-token", help="register this refresh token (default: generate)")
     ap.add_argument("--test-device", action="store_true", help="answer TEST_ORDER_PLACED")
     ap.add_argument("--client-id", default="amzn1.application-oa2-client.test")
@@ -547,19 +996,27 @@ def main(argv=None):
     ap.add_argument("--no-rotate", action="store_true", help="keep refresh tokens on refresh")
     ap.add_argument("--access-token-lifetime", type=int, default=3600)
     args = ap.parse_args(argv)
+    slots = [s for s in args.slots.split(",") if s]
+    unsubscribed = [s for s in args.unsubscribed.split(",") if s]
+    unknown = [s for s in unsubscribed if s not in slots]
+    if unknown:
+        ap.error("--unsubscribed names slots not in --slots: " + ", ".join(unknown))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     emu = Emulator(
         args.certs,
-        slots=[s for s in args.slots.split(",") if s],
+        slots=slots,
         client_id=args.client_id,
         client_secret=args.client_secret,
         rotate_refresh_tokens=not args.no_rotate,
         access_token_lifetime=args.access_token_lifetime,
         is_test_device=args.test_device,
-    ).start()
+    )
+    for slot in unsubscribed:
+        emu.set_subscribed(slot, False)
+    emu.start()
     try:
         token = emu.add_refresh_token(args.refresh_token)
         print(
@@ -571,6 +1028,8 @@ def main(argv=None):
                     "ca": emu.certs["ca"],
                     "ca_der": emu.certs["ca_der"],
                     "refresh_token": token,
+                    "auth_code": emu.issue_auth_code(),
+                    "redirect_uri": DEFAULT_REDIRECT_URI,
                 }
             ),
             flush=True,
