@@ -5,6 +5,7 @@ answer; registration (PKCE and confidential), deregistration, several slots."""
 import json
 from datetime import datetime
 
+import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET
 from devicectl import Device
 from drs_emulator import Emulator
@@ -411,3 +412,113 @@ def test_test_orders_are_visible_as_such(device, emulator):
     assert st["detail_code"] == "TEST_ORDER_PLACED"
     assert device.tagged("order-placed")[0]["test"] is True
     assert device.state_record()["test"] == 1
+
+
+# -- Every periodic call's errors ------------------------------------------------------
+
+DUTIES = {
+    # endpoint prefix: (the tag of success, how to make the call due)
+    "/subscriptionInfo": ("subscription", None),
+    "/deviceStatus": ("device-status", None),
+    "/slotStatus/": ("slot-status", "use"),
+    "/getOrderInfo/": ("order-info", "order"),
+}
+
+
+FAULTS = {
+    "500": ("status", {"status": 500}),
+    "400": ("status", {"status": 400, "body": {"message": "bad"}}),
+    "429": ("status", {"status": 429, "headers": {"Retry-After": "60"}}),
+    "reset": ("reset", {}),
+    "junk": ("invalid_json", {}),
+    "redirect": ("redirect", {}),
+}
+CASES = [
+    (e, f)
+    for e in DUTIES
+    for f in FAULTS
+    # The device reads no body from DeviceStatus and SlotStatus; a 400 from GetOrderInfo
+    # means DRS does not know the id (tested below).
+    if not (f == "junk" and e in ("/deviceStatus", "/slotStatus/"))
+    and not (f == "400" and e == "/getOrderInfo/")
+]
+
+
+@pytest.mark.parametrize(("endpoint", "fault_name"), CASES)
+def test_periodic_call_errors_back_off_then_recover(make_device, emulator, endpoint, fault_name):
+    tag, setup = DUTIES[endpoint]
+    fault = FAULTS[fault_name]
+    cfg = {"retry_base_s": 1800, "retry_cap_s": 3600, "order_check_s": 600}
+    cfg["slot_status_min_s"] = 600
+    dev = make_device(config=cfg)
+    if setup == "order":
+        dev.start()
+        drain(dev)
+        dev.set_level(FULL - 700)  # still low: the order stays open
+    elif setup == "use":
+        dev.start()
+        dev.run(20 * MIN)
+        dev.set_level(FULL - 200)
+    kind, kw = fault
+    # A 400 is retried once with a fresh token: both attempts must fail to fail the call.
+    emulator.inject(endpoint, kind, times=2 if kw.get("status") == 400 else 1, **kw)
+    if setup is None:
+        dev.start()
+    n = len(dev.events)
+    dev.run(20 * MIN)
+    failed = [(u, f) for u, t, f in dev.events[n:] if t == "duty-failed"]
+    assert failed, "the error was not reported"
+    at, f = failed[0]
+    assert f["retry_in_s"] >= 1800
+    tried = len(emulator.requests_to(endpoint))
+    assert emulator.pending_faults() == 0
+    dev.run(at + f["retry_in_s"] - dev.elapsed - 60)  # up to just before the back-off ends
+    assert len(emulator.requests_to(endpoint)) == tried, "asked again during the back-off"
+    dev.run(2 * HOUR)
+    assert [f for _, t, f in dev.events[n:] if t == tag], "never recovered"
+    assert dev.status()["state"] in ("monitor", "ordered")
+
+
+def test_order_info_for_an_id_drs_does_not_know_stops_asking(make_device, emulator):
+    dev = make_device(config={"order_check_s": 600}).start()
+    drain(dev)
+    emulator.inject("/getOrderInfo/", "status", times=2, status=400, body={"message": "no"})
+    dev.run(DAY)
+    assert len(emulator.requests_to("/getOrderInfo/")) == 2  # the first, and its retry
+    assert dev.tagged("order-info")[-1]["status"] == "unknown"
+    assert dev.status()["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_bring_up_commands_at_the_repl(make_device, emulator):
+    """What `mpremote exec "from dash import bench; ..."` runs on a board, on the unix port
+    with the real clock: challenge, register, status, deregister."""
+    import os
+    import subprocess
+
+    from conftest import REPO
+    from devicectl import MICROPYTHON
+
+    dev = make_device(refresh_token="-", client_secret="", config={"redirect_uri": REDIRECT})
+    dev.write_json("secrets.json", {"client_id": CLIENT_ID})
+
+    def repl(code):
+        p = subprocess.run(
+            [MICROPYTHON, "-c", "from dash import bench; bench." + code],
+            cwd=dev.root,
+            env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    assert repl("status()")["registered"] is False
+    ch = repl("challenge()")["code_challenge"]
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT, code_challenge=ch)
+    assert repl("register(%r)" % code) == {"ok": True, "reason": ""}
+    st = repl("status()")
+    assert st["registered"] is True and st["token_expires_s"] > 3000
+    assert repl("deregister()") == {"ok": True, "drs_confirmed": True}
+    assert repl("status()")["registered"] is False
+    assert "Atzr|" not in flash_text(dev)
