@@ -352,3 +352,46 @@ def test_sockets_are_closed_on_every_path(make_device, emulator):
     dev.run(2 * HOUR)
     assert len(replenishes(emulator)) >= 19
     assert len(list(Path("/proc/%d/fd" % dev.proc.pid).iterdir())) == fds
+
+
+def test_steady_sampling_allocates_nothing(device, emulator):
+    # Settle: warm-up over, subscriptions fetched, DeviceStatus sent, SlotStatus baseline set.
+    device.run(30 * MIN)
+    n = len(emulator.requests)
+    res = device.command("steady", "200")
+    assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
+    assert len(emulator.requests) == n
+
+
+def test_steady_sampling_of_several_slots_allocates_nothing(certs, tmp_path):
+    from conftest import CLIENT_ID, CLIENT_SECRET, REPO
+    from devicectl import Device
+    from drs_emulator import Emulator
+
+    slots = []
+    for sid in ("a", "b", "c"):
+        sensor = {"kind": "file", "path": "level.txt", "raw_empty": 0, "raw_full": 1000}
+        sensor["capacity"] = 1000
+        slots.append({"slot_id": sid, "low": 200, "high": 800, "sensor": sensor})
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=("a", "b", "c"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    ) as emu:
+        dev = Device(
+            tmp_path / "d",
+            certs["ca"],
+            emu.port,
+            emu.add_refresh_token(),
+            CLIENT_ID,
+            CLIENT_SECRET,
+            config={"slots": slots},
+        ).start()
+        try:
+            dev.run(30 * MIN)
+            res = dev.command("steady", "100")
+            assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
+            assert [s["state"] for s in dev.status()["slots"]] == ["monitor"] * 3
+        finally:
+            dev.stop()

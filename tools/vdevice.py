@@ -9,6 +9,8 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   register CODE    exchange an authorization code for tokens
   deregister       end the registration and forget every token
   relay JSON       hand the app a DRS notification relayed by the maker's cloud
+  steady N   N steps with each sensor holding its reading: bytes left allocated, then the
+             same N steps under micropython.heap_lock() (any allocation fails them)
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
 Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown).
@@ -29,6 +31,7 @@ class VirtualClock:
 
     def __init__(self, wall0):
         self.t = 0
+        self.due = 0  # when the app's next step is due
         self.wall0 = wall0
 
     def ticks_ms(self):
@@ -47,13 +50,61 @@ class VirtualClock:
         return self.wall0 + self.t // 1000 if self.wall0 else 0
 
 
+class _Held:
+    """Replays one reading without touching a file: the allocation-free stand-in for an ADC
+    (the unix port's file sensor must open a file, which allocates)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def read(self):
+        return self.value
+
+
+def _steps(app, clock, n):
+    i = 0
+    while i < n:  # no range object: the loop itself must not allocate
+        clock.t = clock.due
+        clock.due += app.step()
+        i += 1
+
+
+def steady(app, clock, n):
+    import gc
+
+    import micropython
+
+    saved = [sl.sensor for sl in app.slots]
+    for sl in app.slots:
+        sl.sensor = _Held(sl.sensor.read())
+    # Bytes left allocated on the heap (garbage the GC must later find). Python frames too big
+    # for the C stack are heap-allocated and freed on return; mem_total counts those too.
+    gc.collect()
+    gc.disable()
+    before, total = gc.mem_alloc(), micropython.mem_total()
+    _steps(app, clock, n)
+    alloc, total = gc.mem_alloc() - before, micropython.mem_total() - total
+    gc.enable()
+    locked = True
+    micropython.heap_lock()
+    try:
+        _steps(app, clock, n)
+    except MemoryError:
+        locked = False
+    finally:
+        micropython.heap_unlock()
+    for i, sl in enumerate(app.slots):
+        sl.sensor = saved[i]
+    return {"steps": n, "alloc_bytes": alloc, "frame_bytes": total, "heap_locked_ok": locked}
+
+
 def main():
     wall = os.getenv("VDEVICE_WALL")
     clock = VirtualClock(int(wall) if wall is not None else 1790000000)
     app = App(".", clock)
     ok = app.boot()
     print("@boot " + json.dumps({"ok": ok}))
-    due = 0
+    clock.due = 0
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -63,9 +114,9 @@ def main():
             continue
         if cmd[0] == "run":
             end = clock.t + int(cmd[1])
-            while ok and due <= end:
-                clock.t = due
-                due += app.step()
+            while ok and clock.due <= end:
+                clock.t = clock.due
+                clock.due += app.step()
             clock.t = end
             print("@done " + json.dumps(app.status()))
         elif cmd[0] == "status":
@@ -82,10 +133,13 @@ def main():
             except ValueError:
                 msg = None
             print("@relay " + json.dumps(app.relay(msg)))
+        elif cmd[0] == "steady" and ok and len(cmd) == 2:
+            print("@steady " + json.dumps(steady(app, clock, int(cmd[1]))))
         elif cmd[0] == "exit":
             break
         else:
             print("@error " + json.dumps({"unknown": cmd[0]}))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,8 @@ class Slot:
         self.reason = ""  # why suspended or unsubscribed
         self.deadline = -1  # back-off end, in uptime seconds; -1 = none
         self.check_at = -1  # next GetOrderInfo, in uptime seconds
-        self.used_at = 0  # wall time of the last consumption seen
+        self.used_up = -1  # uptime s of the last consumption seen
+        self.report_up = 0  # uptime s of the last SlotStatus (or its equivalent after boot)
         self.rec = {}
 
 
@@ -59,7 +60,10 @@ class App:
         self.cfg = None
         self.slots = []
         self.reason = ""  # why the whole device idles (bad config)
-        self._up_ms = 0  # uptime, accumulated from tick deltas (wrap-safe over weeks)
+        # Uptime in seconds plus a millisecond remainder, accumulated from tick deltas: wrap-safe,
+        # and small ints for years (a board's small ints end at 2**30).
+        self._up_s = 0
+        self._ms = 0
         self._last = clock.ticks_ms()
         self._state = {"slots": {}}
         self._wifi = ("", "")
@@ -67,12 +71,14 @@ class App:
         self._sub_dirty = False
         self._duty_at = 0  # uptime s before which no periodic duty is tried (after failures)
         self._duty_att = 0
+        self._ds_up = -1  # uptime s when DeviceStatus is due; -1 = wall clock not known yet
+        self._wall_retry = 0
 
     # -- reporting ------------------------------------------------------------------------
 
     def log(self, tag, **fields):
         """One line per event: uptime seconds, a tag, JSON details. Never given a secret."""
-        self.out("[%7d] %s %s" % (self._up_ms // 1000, tag, json.dumps(fields)))
+        self.out("[%7d] %s %s" % (self._up_s, tag, json.dumps(fields)))
 
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
@@ -155,6 +161,12 @@ class App:
             self.slots.append(Slot(sc, open_sensor(s), signal, machine))
         self._fingerprint = self._files_crc()
         self._restore()
+        now = self.clock.wall()
+        if now:
+            self._ds_up = max(0, self._state.get("ds", 0) + _DAY - now)
+            for sl in self.slots:
+                rw = sl.rec.get("rw", 0)
+                sl.report_up = rw - now if rw else 0  # negative: that long before boot
         if not self.tokens.registered:
             self.log("unregistered", hint="register the device to let it order")
         return True
@@ -235,7 +247,7 @@ class App:
     # -- persistence ----------------------------------------------------------------------
 
     def _up(self):
-        return self._up_ms // 1000
+        return self._up_s
 
     def _left(self, sl):
         if sl.deadline < 0:
@@ -264,7 +276,11 @@ class App:
     def step(self):
         """Sample once, decide, act. Returns milliseconds until the next step is due."""
         now = self.clock.ticks_ms()
-        self._up_ms += self.clock.ticks_diff(now, self._last)
+        ms = self._ms + self.clock.ticks_diff(now, self._last)
+        if ms >= 1000:
+            self._up_s += ms // 1000
+            ms %= 1000
+        self._ms = ms
         self._last = now
         wait = self.cfg["sample_s"] * 1000
         ordered = False
@@ -287,7 +303,7 @@ class App:
         raw = sl.sensor.read()
         level = _F_UNREADABLE if raw is None else sl.signal.feed(raw)
         if 0 <= level < sl.level:
-            sl.used_at = self.clock.wall()
+            sl.used_up = self._up_s
         sl.level = level
         st = m.sample(level)
         if st != before:
@@ -490,21 +506,33 @@ class App:
     # -- periodic duties ------------------------------------------------------------------
 
     def _upkeep(self):
-        """At most one periodic DRS call per step, most important first."""
-        now = self.clock.wall()
+        """At most one periodic DRS call per step, most important first. What is due is
+        decided on uptime alone; the wall clock (a big int on a board) is read only when a
+        call is to be made, so a step with nothing to do allocates nothing."""
+        up = self._up_s
         failed = None
         if self._subscriptions_stale():
             failed = self._fetch_subscriptions()
-        elif now and now - self._state.get("ds", 0) >= _DAY:
+        elif 0 <= self._ds_up <= up or (self._ds_up < 0 and up >= self._wall_retry):
+            now = self.clock.wall()
+            if not now:
+                self._wall_retry = up + 600  # no clock yet: look again in ten minutes
+                return
+            ds = self._state.get("ds", 0)
+            if now - ds < _DAY:  # learned the clock just now, and it is not due yet
+                self._ds_up = up + ds + _DAY - now
+                return
             failed = self._device_status(now)
         else:
             for sl in self.slots:
                 if self._order_check_due(sl):
                     failed = self._order_info(sl)
                     break
-                if now and self._slot_status_due(sl, now):
-                    failed = self._slot_status(sl, now)
-                    break
+                if self._slot_status_due(sl):
+                    now = self.clock.wall()
+                    if now:
+                        failed = self._slot_status(sl, now)
+                        break
             else:
                 return
         if failed:
@@ -563,6 +591,7 @@ class App:
         if not 200 <= ans[0] < 300:
             return drs.status_outcome(ans[0]), drs.status_reason(ans[0])
         self._state["ds"] = now
+        self._ds_up = self._up_s + _DAY
         self._persist()
         self.log("device-status", sent=drs.iso8601(now))
         return None
@@ -622,7 +651,7 @@ class App:
         sl.check_at = -1
         self._transition(sl, fsm.E_REARM)
 
-    def _slot_status_due(self, sl, now):
+    def _slot_status_due(self, sl):
         level = sl.level
         st = sl.fsm.state
         if level < 0 or st == fsm.WARMUP or st == fsm.FAULT or st == fsm.SUSPENDED:
@@ -631,13 +660,16 @@ class App:
         last = rec.get("rl", -1)
         if last < 0:
             # First sane reading ever: the baseline, no report.
-            rec["rl"] = level
-            rec["rw"] = now
-            self._persist()
+            now = self.clock.wall()
+            if now:
+                rec["rl"] = level
+                rec["rw"] = now
+                sl.report_up = self._up_s
+                self._persist()
             return False
         return (
             abs(last - level) >= sl.cfg["report_delta"]
-            and now - rec.get("rw", 0) >= self.cfg["slot_status_min_s"]
+            and self._up_s - sl.report_up >= self.cfg["slot_status_min_s"]
         )
 
     def _slot_status(self, sl, now):
@@ -659,7 +691,7 @@ class App:
             expected = now + min((level - low) * _DAY * _RATE_FRAC // rate, _FAR)
         else:
             expected = now + _FAR
-        last_use = sl.used_at or rec.get("lu") or now
+        last_use = now - (self._up_s - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
         body = drs.slot_status_body(level, sl.cfg["sensor"]["capacity"], level, last_use, expected)
         ans, fail = self._call(drs.SLOT_STATUS, "/slotStatus/" + sl.id, body)
         if fail:
@@ -668,6 +700,7 @@ class App:
             return drs.status_outcome(ans[0]), drs.status_reason(ans[0])
         rec["rl"] = level
         rec["rw"] = now
+        sl.report_up = self._up_s
         rec["rate"] = rate
         rec["lu"] = last_use
         self.log(
