@@ -2,6 +2,7 @@
 devices (the real firmware under the real `micropython`) wired to it."""
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,27 @@ def make_device(tmp_path, emulator, certs):
 @pytest.fixture
 def device(make_device):
     return make_device().start()
+
+
+@contextmanager
+def slots_device(certs, root, slots, config):
+    """An emulator knowing `slots` and a (not yet started) device configured for them."""
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=slots,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    ) as emu:
+        dev = Device(
+            root,
+            certs["ca"],
+            emu.port,
+            emu.add_refresh_token(),
+            CLIENT_ID,
+            CLIENT_SECRET,
+            config=config,
+        )
+        try:
+            yield emu, dev
+        finally:
+            dev.stop()

@@ -6,9 +6,7 @@ import json
 from datetime import datetime
 
 import pytest
-from conftest import CLIENT_ID, CLIENT_SECRET
-from devicectl import Device
-from drs_emulator import Emulator
+from conftest import CLIENT_ID, CLIENT_SECRET, slots_device
 
 LOW, FULL = 100, 900
 MIN = 60
@@ -257,10 +255,108 @@ def test_revoked_registration_wipes_tokens(device, emulator):
 
 def test_deregistered_notification_is_honoured(device, emulator):
     device.run(10 * MIN)
+    emulator.revoke_all()  # what a deregistration does at Amazon
     msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
     device.command("relay", json.dumps(msg))
-    assert device.status()["registered"] is False
+    st = device.run(2 * MIN)  # the next step asks LwA, which says invalid_grant
+    assert st["registered"] is False and st["state"] == "suspended"
     assert "Atzr|" not in flash_text(device)
+
+
+def test_a_stale_deregistered_notification_does_not_wipe_a_new_registration(device, emulator):
+    device.run(10 * MIN)
+    msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
+    device.command("relay", json.dumps(msg))  # about an earlier registration, arriving late
+    device.run(2 * MIN)
+    assert device.status()["registered"] is True
+    assert device.tagged("registration-confirmed")
+    assert drain(device)["state"] == "ordered"
+
+
+def test_relay_just_before_ordering_is_not_outrun(device, emulator):
+    device.run(10 * MIN)
+    emulator.set_subscribed("slot-a", False)
+    relay = {"notificationInfo": {"notificationType": "SubscriptionChangedNotification"}}
+    device.set_level(LOW)
+    device.run(2 * MIN)  # low, not yet confirmed
+    device.command("relay", json.dumps(relay))
+    st = device.run(10 * MIN)
+    assert st["state"] == "unsubscribed" and emulator.orders == []
+
+
+def test_cancelled_notification_during_warmup_is_kept(device, emulator):
+    drain(device)
+    eid = device.status()["event_instance_id"]
+    emulator.cancel_order("slot-a")
+    device.restart()  # warming up: the machine is not yet back in "ordered"
+    msg = {
+        "notificationInfo": {"notificationType": "OrderCancelledNotification"},
+        "orderInfo": {"instanceId": eid, "slotId": "slot-a"},
+    }
+    assert device.command("relay", json.dumps(msg))["matched"] == 1
+    st = device.run(10 * MIN)
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+
+
+def test_reregistration_remembers_an_open_order(device, emulator):
+    drain(device)
+    emulator.revoke_all()
+    msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
+    device.command("relay", json.dumps(msg))
+    assert device.run(2 * MIN)["registered"] is False
+    # Registered again while the first order is still open: DRS says ORDER_INPROGRESS, and
+    # that order is this episode's own, so there is no second order after its delivery.
+    device.write_json(
+        "secrets.json",
+        {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": emulator.add_refresh_token(),
+        },
+    )
+    device.restart()
+    st = device.run(30 * MIN)
+    assert st["state"] == "ordered" and device.tagged("order-recovered")
+    emulator.mark_delivered("slot-a")
+    assert device.run(DAY)["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_empty_subscription_answer_suspends_nothing(device, emulator):
+    emulator.inject(
+        "/subscriptionInfo", "status", status=200, body={"slotsSubscriptionStatus": {}}
+    )
+    device.restart()
+    device.run(10 * MIN)
+    assert device.tagged("duty-failed")
+    assert drain(device, 60)["state"] == "ordered"
+
+
+def test_retry_after_is_honoured_by_periodic_calls(make_device, emulator):
+    dev = make_device(config={"retry_base_s": 30, "retry_cap_s": 7200})
+    emulator.inject("/subscriptionInfo", "status", status=503, headers={"Retry-After": "3600"})
+    dev.start()
+    dev.run(HOUR - 2 * MIN)
+    assert len(emulator.requests_to("/subscriptionInfo")) == 1
+    dev.run(10 * MIN)
+    assert len(emulator.requests_to("/subscriptionInfo")) == 2
+
+
+def test_one_slots_failing_call_does_not_starve_another(certs, tmp_path):
+    cfg = {
+        "slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt")],
+        "slot_status_min_s": 600,
+        "retry_base_s": 3600,
+    }
+    with slots_device(certs, tmp_path / "d", ("cyan", "magenta"), cfg) as (emu, dev):
+        dev.set_level(FULL, "c.txt")
+        dev.set_level(FULL, "m.txt")
+        dev.start()
+        dev.run(20 * MIN)
+        emu.inject("/slotStatus/cyan", "status", times=1000, status=500)
+        dev.set_level(FULL - 300, "c.txt")
+        dev.set_level(FULL - 300, "m.txt")
+        dev.run(3 * HOUR)
+        assert emu.slot_status["magenta"], "magenta never reported"
 
 
 # -- Registration -----------------------------------------------------------------------
@@ -358,25 +454,9 @@ def slot(sid, path, **kw):
 
 
 def test_several_slots_are_independent(certs, tmp_path):
-    from conftest import REPO
-
-    emu = Emulator(
-        str(REPO / "build" / "certs"),
-        slots=("cyan", "magenta", "yellow"),
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-    ).start()
-    try:
-        cfg = {"slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt"), slot("yellow", "y.txt")]}
-        dev = Device(
-            tmp_path / "printer",
-            certs["ca"],
-            emu.port,
-            emu.add_refresh_token(),
-            CLIENT_ID,
-            CLIENT_SECRET,
-            config=cfg,
-        )
+    cfg = {"slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt"), slot("yellow", "y.txt")]}
+    inks = ("cyan", "magenta", "yellow")
+    with slots_device(certs, tmp_path / "printer", inks, cfg) as (emu, dev):
         for p in ("c.txt", "m.txt", "y.txt"):
             dev.set_level(FULL, p)
         dev.start()
@@ -397,9 +477,6 @@ def test_several_slots_are_independent(certs, tmp_path):
         dev.restart()
         rec = dev.device_record()["slots"]
         assert rec["cyan"]["ev"] != rec["magenta"]["ev"]
-        dev.stop()
-    finally:
-        emu.stop()
 
 
 # -- Test devices -----------------------------------------------------------------------

@@ -88,6 +88,17 @@ def test_invalid_client_suspends(make_device, emulator):
     st = drain(dev)
     assert st["state"] == "suspended" and "invalid_client" in st["reason"]
     assert replenishes(emulator) == []
+    # A configuration fault: no more calls at all, reboots included, until the secrets change.
+    n = len(emulator.requests)
+    dev.run(2 * 24 * HOUR)
+    dev.restart()
+    dev.run(24 * HOUR)
+    assert len(emulator.requests) == n
+    sec = json.loads((dev.root / "secrets.json").read_text())
+    sec["client_secret"] = "test-secret"
+    dev.write_json("secrets.json", sec)
+    dev.restart()
+    assert drain(dev)["state"] == "ordered"
 
 
 def test_500_storm_backs_off_with_growing_jittered_gaps(make_device, emulator):
@@ -364,34 +375,16 @@ def test_steady_sampling_allocates_nothing(device, emulator):
 
 
 def test_steady_sampling_of_several_slots_allocates_nothing(certs, tmp_path):
-    from conftest import CLIENT_ID, CLIENT_SECRET, REPO
-    from devicectl import Device
-    from drs_emulator import Emulator
+    from conftest import slots_device
 
     slots = []
     for sid in ("a", "b", "c"):
         sensor = {"kind": "file", "path": "level.txt", "raw_empty": 0, "raw_full": 1000}
         sensor["capacity"] = 1000
         slots.append({"slot_id": sid, "low": 200, "high": 800, "sensor": sensor})
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=("a", "b", "c"),
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-    ) as emu:
-        dev = Device(
-            tmp_path / "d",
-            certs["ca"],
-            emu.port,
-            emu.add_refresh_token(),
-            CLIENT_ID,
-            CLIENT_SECRET,
-            config={"slots": slots},
-        ).start()
-        try:
-            dev.run(30 * MIN)
-            res = dev.command("steady", "100")
-            assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
-            assert [s["state"] for s in dev.status()["slots"]] == ["monitor"] * 3
-        finally:
-            dev.stop()
+    with slots_device(certs, tmp_path / "d", ("a", "b", "c"), {"slots": slots}) as (_, dev):
+        dev.start()
+        dev.run(30 * MIN)
+        res = dev.command("steady", "100")
+        assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
+        assert [s["state"] for s in dev.status()["slots"]] == ["monitor"] * 3

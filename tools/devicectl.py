@@ -47,7 +47,13 @@ class Device:
         client_secret="",
         config=None,
         wall=1790000000,
+        heap_kb=None,
+        lib=None,
+        env=None,
     ):
+        self.heap_kb = heap_kb  # micropython -X heapsize=, as a board's smaller heap
+        self.lib = lib or REPO / "lib"  # the device code: sources, or a tree of .mpy files
+        self.extra_env = env or {}  # e.g. VDEVICE_ROMFS=image to run the code from ROMFS
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.wall = wall
@@ -81,9 +87,11 @@ class Device:
 
     def start(self):
         wall = self.wall + self.elapsed if self.wall else 0
-        env = dict(os.environ, MICROPYPATH=str(REPO / "lib"), VDEVICE_WALL=str(wall))
+        env = dict(os.environ, MICROPYPATH=str(self.lib), VDEVICE_WALL=str(wall))
+        env.update(self.extra_env)
+        heap = ["-X", "heapsize=%dK" % self.heap_kb] if self.heap_kb else []
         self.proc = subprocess.Popen(
-            [MICROPYTHON, str(REPO / "tools" / "vdevice.py")],
+            [MICROPYTHON, *heap, str(REPO / "tools" / "vdevice.py")],
             cwd=self.root,
             env=env,
             stdin=subprocess.PIPE,
@@ -94,7 +102,9 @@ class Device:
         )
         self._q = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()
-        self.boot_ok = self._wait("@boot")["ok"]
+        boot = self._wait("@boot")
+        self.boot_ok = boot["ok"]
+        self.romfs_heap = boot.get("romfs_heap", 0)
         return self
 
     @staticmethod

@@ -9,6 +9,9 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   register CODE    exchange an authorization code for tokens
   deregister       end the registration and forget every token
   relay JSON       hand the app a DRS notification relayed by the maker's cloud
+  cycle [cold]     step until an order is placed; the real time, TLS handshakes and flash
+                   writes of the step that placed it ("cold": the access token expired first)
+  meminfo    the heap after a collection: free bytes and the largest free block
   steady N   N steps with each sensor holding its reading: bytes left allocated, then the
              same N steps under micropython.heap_lock() (any allocation fails them)
   exit
@@ -20,7 +23,27 @@ import json
 import os
 import sys
 
-from dash.app import App
+_ROMFS = os.getenv("VDEVICE_ROMFS")
+ROMFS_HEAP = 0
+if _ROMFS:
+    # The device code as a ROMFS image, as `mpremote romfs deploy` puts it on a board. There it
+    # is memory-mapped flash; here it must sit in the heap, and ROMFS_HEAP says how much.
+    import gc
+
+    import vfs
+
+    gc.collect()
+    _before = gc.mem_alloc()
+    _img = bytearray(os.stat(_ROMFS)[6])
+    with open(_ROMFS, "rb") as _f:
+        _f.readinto(_img)
+    vfs.mount(vfs.VfsRom(_img), "/rom")
+    sys.path.insert(0, "/rom")
+    gc.collect()
+    ROMFS_HEAP = gc.mem_alloc() - _before
+
+from dash import fsm  # noqa: E402
+from dash.app import App  # noqa: E402
 
 _MASK = 0x3FFFFFFF
 _HALF = 0x20000000
@@ -98,12 +121,49 @@ def steady(app, clock, n):
     return {"steps": n, "alloc_bytes": alloc, "frame_bytes": total, "heap_locked_ok": locked}
 
 
+def cycle(app, clock, cold):
+    import time
+
+    if cold:
+        app.tokens.invalidate()
+    done = (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY, fsm.SUSPENDED, fsm.UNSUBSCRIBED)
+    for _ in range(200):
+        was = [sl.fsm.state for sl in app.slots]
+        hs, wr, by = app.https.handshakes, app.store.writes, app.store.bytes
+        clock.t = clock.due
+        t0 = time.ticks_us()
+        clock.due += app.step()
+        us = time.ticks_diff(time.ticks_us(), t0)
+        for i, sl in enumerate(app.slots):
+            if sl.fsm.state in done and was[i] not in done:
+                return {
+                    "state": fsm.NAMES[sl.fsm.state],
+                    "ms": us / 1000,
+                    "handshakes": app.https.handshakes - hs,
+                    "writes": app.store.writes - wr,
+                    "bytes": app.store.bytes - by,
+                }
+    return {"state": "none"}
+
+
+def meminfo():
+    import gc
+
+    import micropython
+
+    gc.collect()
+    free = gc.mem_free()
+    # mem_info() prints "... max free sz: N" in blocks; a block is free/total blocks apart.
+    micropython.mem_info()
+    return {"free": free, "alloc": gc.mem_alloc()}
+
+
 def main():
     wall = os.getenv("VDEVICE_WALL")
     clock = VirtualClock(int(wall) if wall is not None else 1790000000)
     app = App(".", clock)
     ok = app.boot()
-    print("@boot " + json.dumps({"ok": ok}))
+    print("@boot " + json.dumps({"ok": ok, "romfs_heap": ROMFS_HEAP}))
     clock.due = 0
     while True:
         line = sys.stdin.readline()
@@ -135,6 +195,10 @@ def main():
             print("@relay " + json.dumps(app.relay(msg)))
         elif cmd[0] == "steady" and ok and len(cmd) == 2:
             print("@steady " + json.dumps(steady(app, clock, int(cmd[1]))))
+        elif cmd[0] == "cycle" and ok:
+            print("@cycle " + json.dumps(cycle(app, clock, cmd[-1] == "cold")))
+        elif cmd[0] == "meminfo":
+            print("@meminfo " + json.dumps(meminfo()))
         elif cmd[0] == "exit":
             break
         else:

@@ -8,6 +8,8 @@ import json
 
 from micropython import const
 
+from dash.check import printable, valid_slot
+
 CONFIG = "config.json"
 SECRETS = "secrets.json"
 _MAX_FILE = const(6144)
@@ -73,11 +75,6 @@ _LWA = {
 }
 DRS_NA = "https://dash-replenishment-service-na.amazon.com"
 SENSOR_KINDS = ("file", "adc")
-_SLOT_CHARS = "-._~"
-
-
-class ConfigError(Exception):
-    pass
 
 
 def parse_url(url):
@@ -98,24 +95,6 @@ def parse_url(url):
     if not hostport or not 0 < port < 65536 or " " in url or "@" in hostport:
         return None
     return hostport, port, path.rstrip("/") if path != "/" else ""
-
-
-def valid_slot(s, maxlen=128):
-    """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters."""
-    if not isinstance(s, str) or not 0 < len(s) <= maxlen:
-        return False
-    for c in s:
-        if not (c.isalpha() or c.isdigit() or c in _SLOT_CHARS) or ord(c) > 127:
-            return False
-    return True
-
-
-def printable(s):
-    """Visible ASCII only: what may go into a header or a log line."""
-    for c in s:
-        if not " " < c <= "~":
-            return False
-    return True
 
 
 def _check(src, schema, out, errors, where, prefix=""):

@@ -48,6 +48,12 @@ E_REARM = const(11)  # the episode's order is gone (cancelled), or a human fixed
 E_UNSUB = const(12)  # the slot has no subscription: no order may be placed for it
 N_EVENTS = const(13)
 
+# Why a slot is suspended (persisted), and so what may resume it.
+K_SLOT = const(1)  # DRS answered 404 for the slot: the config must change
+K_CREDS = const(2)  # LwA refused the client credentials: the secrets must change
+K_REG = const(3)  # no registration: a new one resumes the slot
+K_UNLISTED = const(4)  # SubscriptionInfo does not list the slot: resumes when it does
+
 _R = const(15)  # "go back to the state we were in before warm-up or the fault"
 _S = const(14)  # "stay"
 

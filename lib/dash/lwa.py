@@ -11,7 +11,7 @@ from binascii import crc32
 from micropython import const
 
 from dash import result
-from dash.config import printable
+from dash.check import printable
 
 TOKENS = "tokens.json"
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
@@ -103,6 +103,7 @@ class Tokens:
         self.client_id = secrets["client_id"]
         self.client_secret = secrets.get("client_secret", "")
         self.refreshes = 0
+        self.retry_after = None  # the last refused answer's Retry-After, if it had one
         self.access = None
         self._exp_wall = 0
         self._exp_ticks = 0
@@ -166,7 +167,7 @@ class Tokens:
 
     def _grant(self, https, url, form, need_refresh):
         host, port, path = url
-        status, body, _ = https.request(
+        status, body, hdrs = https.request(
             b"POST",
             host,
             port,
@@ -177,6 +178,7 @@ class Tokens:
         )
         outcome, at, rt, exp, reason = parse_answer(status, body)
         del body
+        self.retry_after = hdrs.get("retry-after")
         if outcome != result.OK:
             return outcome, reason
         if need_refresh and not rt:

@@ -1,5 +1,6 @@
-"""Registration helpers: the PKCE verifier the device keeps, its challenge, and clearing the
-provisioned refresh token when the registration ends. Rarely used, so imported on demand.
+"""Registration and what comes with it: the PKCE verifier the device keeps and its challenge,
+the authorization-code exchange, deregistration, relayed DRS notifications. Rarely used, so
+the application imports it on demand and drops it again.
 
 The verifier never leaves the device except inside the authorization-code request to the
 token endpoint; the maker's registration page only ever sees the challenge.
@@ -8,6 +9,8 @@ token endpoint; the maker's registration page only ever sees the challenge.
 import json
 import os
 from binascii import b2a_base64
+
+from dash import fsm, result
 
 PKCE = "pkce.json"
 
@@ -50,3 +53,99 @@ def forget_provisioned_token(root):
     with open(tmp, "w") as f:
         f.write(json.dumps(obj))
     os.rename(tmp, path)
+
+
+def give_challenge(app):
+    """The PKCE challenge for the maker's registration page (the verifier stays here)."""
+    return {"code_challenge": challenge(verifier(app.store)), "code_challenge_method": "S256"}
+
+
+def register(app, code):
+    """Exchange an authorization code from the registration page for the device's tokens."""
+    from dash.check import printable
+    from dash.https import ERROR_NAMES, HttpError
+
+    def refuse(why):
+        app.log("register-failed", reason=why)
+        return {"ok": False, "reason": why}
+
+    tokens = app.tokens
+    if tokens.registered:
+        return refuse("already registered: deregister first")
+    redirect = app.cfg["redirect_uri"]
+    if not redirect:
+        return refuse("config.json: 'redirect_uri' is needed to register")
+    if not isinstance(code, str) or not 0 < len(code) <= 512 or not printable(code):
+        return refuse("that is not an authorization code")
+    v = ""
+    if not tokens.client_secret:
+        if not app.store.exists(PKCE):
+            return refuse("no PKCE challenge was given out: ask for the challenge first")
+        v = verifier(app.store)
+    try:
+        outcome, reason = tokens.exchange(app.https, app.lwa_url, code, redirect, v)
+    except HttpError as e:
+        return refuse("network: " + ERROR_NAMES[e.args[0]])
+    if outcome != result.OK:
+        return refuse(reason)
+    app.store.remove(PKCE)  # a verifier is good for one exchange
+    app.log("registered", pkce=bool(v))
+    app.sub_dirty = True
+    for sl in app.slots:
+        if sl.fsm.state == fsm.SUSPENDED and sl.rec.get("sk") == fsm.K_REG:
+            app.resume(sl, "registered")
+    app.persist()
+    return {"ok": True, "reason": ""}
+
+
+DEREGISTER = (b"DELETE", b"DrsDeregisterInput@2.0", b"DrsDeregisterResult@1.0")
+
+
+def deregister(app):
+    """Tell DRS the registration ends, then forget every token whatever DRS said."""
+    confirmed = False
+    if app.tokens.registered:
+        ans, _ = app.call(DEREGISTER, "/registration")
+        confirmed = ans is not None and 200 <= ans[0] < 300
+    unregister(app, "deregistered on request")
+    return {"ok": True, "drs_confirmed": confirmed}
+
+
+def unregister(app, reason):
+    """No registration any more: no token stays on flash and no slot orders."""
+    app.tokens.wipe()
+    forget_provisioned_token(app.root)
+    app.refingerprint()
+    app.state.pop("sub", None)
+    app.log("unregistered", reason=reason)
+    for sl in app.slots:
+        if sl.fsm.state != fsm.SUSPENDED:
+            app.suspend(sl, fsm.K_REG, reason)
+    app.persist()
+
+
+def relay(app, msg):
+    """A DRS notification relayed by the maker's cloud (SNS -> MQTT -> here)."""
+    info = msg.get("notificationInfo") if isinstance(msg, dict) else None
+    kind = info.get("notificationType") if isinstance(info, dict) else None
+    if not isinstance(kind, str):
+        app.log("relay-ignored", reason="not a DRS notification")
+        return {"ok": False, "reason": "not a DRS notification"}
+    kind = kind.replace("Notification", "")
+    app.log("relay", type=kind)
+    matched = 0
+    if kind == "SubscriptionChanged":
+        app.sub_dirty = True
+    elif kind == "DeviceDeregistered":
+        # Notifications arrive late and out of order: LwA says whether it is still true.
+        if app.tokens.registered:
+            app.verify_reg = True
+            app.duty_at = 0
+    elif kind == "OrderCancelled":
+        order = msg.get("orderInfo")
+        eid = order.get("instanceId") if isinstance(order, dict) else None
+        for sl in app.slots:
+            if eid and sl.rec.get("ev") == eid and sl.fsm.durable() == fsm.ORDERED:
+                app.cancelled(sl, "notification")
+                matched += 1
+    return {"ok": True, "reason": "", "matched": matched}

@@ -32,7 +32,14 @@ class Signal:
         ema_shift=0,
     ):
         self.raw_empty = raw_empty
-        self.span = raw_full - raw_empty  # negative when the sensor counts down as it fills
+        span = raw_full - raw_empty  # negative when the sensor counts down as it fills
+        # Keep (reading - empty) * capacity below 2**30, a board's small-int limit, so the
+        # calibration never makes a big int: drop low bits of the reading if it must.
+        shift = 0
+        while (abs(span) + (abs(span) >> 3) + margin) * capacity >> shift >= 1 << 29:
+            shift += 1
+        self.shift = shift
+        self.span = span >> shift or 1
         self.capacity = capacity
         lo, hi = min(raw_empty, raw_full), max(raw_empty, raw_full)
         self.raw_lo = lo - margin
@@ -91,7 +98,7 @@ class Signal:
         self._i = (self._i + 1) % len(w)
         if self._n < len(w):
             self._n += 1
-        level = (self._median() - self.raw_empty) * self.capacity // self.span
+        level = ((self._median() - self.raw_empty) >> self.shift) * self.capacity // self.span
         if level < 0:
             level = 0
         elif level > self.capacity:

@@ -1,6 +1,6 @@
 import json
 
-from dash import drs, lwa, result
+from dash import drs, duties, lwa, result
 
 
 def test_replenish_answers():
@@ -81,16 +81,18 @@ def test_expiry_margin():
 
 def test_subscription_answers_v1_and_v2():
     v1 = json.dumps({"slotsSubscriptionStatus": {"a": True, "b": False}})
-    assert drs.parse_subscriptions(v1, ["a", "b", "c"]) == {"a": 1, "b": 0, "c": -1}
+    assert duties.parse_subscriptions(v1, ["a", "b", "c"]) == {"a": 1, "b": 0, "c": -1}
+    # An empty list says nothing (it must not make every slot unknown).
+    assert duties.parse_subscriptions(b'{"slotsSubscriptionStatus": {}}', ["a"]) is None
     v2 = json.dumps(
         {"slotsSubscriptionStatus": {"a": {"subscribed": True, "productInfoList": []}, "b": {}}}
     )
-    assert drs.parse_subscriptions(v2, ["a", "b"]) == {"a": 1, "b": 0}
-    assert drs.parse_subscriptions(
+    assert duties.parse_subscriptions(v2, ["a", "b"]) == {"a": 1, "b": 0}
+    assert duties.parse_subscriptions(
         json.dumps({"slotsSubscriptionStatus": {"a": "yes"}}), ["a"]
     ) == {"a": False}
-    for junk in (b"", b"[]", b"{}", b'{"slotsSubscriptionStatus": []}'):
-        assert drs.parse_subscriptions(junk, ["a"]) is None
+    for junk in (b"", b"[]", b"{}", b'{"slotsSubscriptionStatus": []}', b"\xff"):
+        assert duties.parse_subscriptions(junk, ["a"]) is None
 
 
 def _order(*statuses, iid="e1"):
@@ -99,32 +101,34 @@ def _order(*statuses, iid="e1"):
 
 
 def test_order_info_answers():
-    assert drs.parse_order_status(_order("Pending"), "e1") == drs.O_OPEN
-    assert drs.parse_order_status(_order("Processing"), "e1") == drs.O_OPEN
-    assert drs.parse_order_status(_order("SomethingNew"), "e1") == drs.O_OPEN
-    assert drs.parse_order_status(_order("Cancelled"), "e1") == drs.O_CANCELLED
-    assert drs.parse_order_status(_order("Delivered"), "e1") == drs.O_DONE
-    assert drs.parse_order_status(_order("Delivered", "Cancelled"), "e1") == drs.O_DONE
-    assert drs.parse_order_status(_order("Cancelled", "Shipped"), "e1") == drs.O_OPEN
-    assert drs.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
+    assert duties.parse_order_status(_order("Pending"), "e1") == duties.O_OPEN
+    assert duties.parse_order_status(_order("Processing"), "e1") == duties.O_OPEN
+    assert duties.parse_order_status(_order("SomethingNew"), "e1") == duties.O_OPEN
+    assert duties.parse_order_status(_order("Cancelled"), "e1") == duties.O_CANCELLED
+    assert duties.parse_order_status(_order("Delivered"), "e1") == duties.O_DONE
+    assert duties.parse_order_status(_order("Delivered", "Cancelled"), "e1") == duties.O_DONE
+    assert duties.parse_order_status(_order("Cancelled", "Shipped"), "e1") == duties.O_OPEN
+    assert duties.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
     for junk in (b"", b"{}", b'{"orderInfoData": 5}'):
-        assert drs.parse_order_status(junk, "e1") is None
+        assert duties.parse_order_status(junk, "e1") is None
 
 
 def test_event_ids_that_cannot_go_into_a_url_are_not_looked_up():
-    assert drs.order_info_path("amzn1.dash.v2.o.ro.1-2") == "/getOrderInfo/amzn1.dash.v2.o.ro.1-2"
-    assert drs.order_info_path("a/../b") is None and drs.order_info_path("a b") is None
+    assert (
+        duties.order_info_path("amzn1.dash.v2.o.ro.1-2") == "/getOrderInfo/amzn1.dash.v2.o.ro.1-2"
+    )
+    assert duties.order_info_path("a/../b") is None and duties.order_info_path("a b") is None
 
 
 def test_dates_and_report_bodies():
-    assert drs.iso8601(0) == "1970-01-01T00:00:00Z"
-    assert drs.iso8601(951782400) == "2000-02-29T00:00:00Z"
-    assert drs.iso8601(1790000000) == "2026-09-21T14:13:20Z"
-    assert drs.iso8601(4102444799) == "2099-12-31T23:59:59Z"
-    assert json.loads(drs.device_status_body(0)) == {
+    assert duties.iso8601(0) == "1970-01-01T00:00:00Z"
+    assert duties.iso8601(951782400) == "2000-02-29T00:00:00Z"
+    assert duties.iso8601(1790000000) == "2026-09-21T14:13:20Z"
+    assert duties.iso8601(4102444799) == "2099-12-31T23:59:59Z"
+    assert json.loads(duties.device_status_body(0)) == {
         "mostRecentlyActiveDate": "1970-01-01T00:00:00Z"
     }
-    body = json.loads(drs.slot_status_body(35, 100, 35, 0, 86400))
+    body = json.loads(duties.slot_status_body(35, 100, 35, 0, 86400))
     assert body == {
         "expectedReplenishmentDate": "1970-01-02T00:00:00Z",
         "remainingQuantityInUnit": 35,

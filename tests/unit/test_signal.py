@@ -63,3 +63,15 @@ def test_feed_allocates_nothing():
             s.feed(r)
     finally:
         micropython.heap_unlock()
+
+
+def test_large_capacity_keeps_small_ints():
+    # A 16-bit ADC and a capacity of a million units: the product must stay below 2**30
+    # (a board's small-int limit) so that sampling never allocates a big int.
+    s = Signal(0, 65535, 1000000, median=1)
+    assert s.shift > 0
+    assert (65535 >> s.shift) * 1000000 < 1 << 30
+    level = s.feed(32768)
+    assert abs(level - 500000) <= 5000, level
+    assert Signal(0, 65535, 1000000, median=1).feed(65535) == 1000000
+    assert Signal(60000, 4000, 100, median=1).shift == 0  # small products: exact, as before

