@@ -18,6 +18,12 @@ from micropython import const
 from dash import fsm, result
 from dash.signal import FAULT_NAMES
 
+TYPE_CHECKING = False  # the type checker reads it as True: names for annotations only
+if TYPE_CHECKING:
+    from dash.https import Https
+    from dash.lwa import Tokens
+    from dash.store import Store
+
 STATE = "state.json"
 _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
@@ -63,6 +69,13 @@ class Slot:
 
 
 class App:
+    # Set by `start.boot` once the config is good (annotations only: no code on the device).
+    store: "Store"
+    https: "Https"
+    tokens: "Tokens"
+    drs_url: tuple
+    lwa_url: tuple
+
     def __init__(self, root=".", clock=None, out=None):
         if clock is None:
             from dash.platform import Clock
@@ -71,7 +84,7 @@ class App:
         self.root = root
         self.clock = clock
         self.out = out or print
-        self.cfg = None
+        self.cfg: dict = {}
         self.slots = []
         self.reason = ""  # why the whole device idles (bad config)
         # Uptime in seconds plus a millisecond remainder, accumulated from tick deltas:
@@ -79,7 +92,7 @@ class App:
         self._up_s = 0
         self._ms = 0
         self._last = clock.ticks_ms()
-        self.state = {"slots": {}}
+        self.state: dict = {"slots": {}}
         self._wifi = ("", "")
         self.sub_at = -1  # uptime s of the last SubscriptionInfo; -1 = not this boot
         self.sub_dirty = False  # a SubscriptionChanged was relayed
@@ -99,103 +112,17 @@ class App:
 
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
-        slots = []
-        for sl in self.slots:
-            rec = sl.rec
-            sub = self.state.get("sub", {}).get(sl.id)
-            slots.append(
-                {
-                    "slot": sl.id,
-                    "state": fsm.NAMES[sl.fsm.state],
-                    "level": sl.level,
-                    "orders_placed": sl.orders,
-                    "event_instance_id": rec.get("ev"),
-                    "detail_code": rec.get("dc"),
-                    "test_order": bool(rec.get("test")),
-                    "backoff_s": self._left(sl),
-                    "reason": sl.reason,
-                    "subscribed": None if sub is None or sub < 0 else sub == 1,
-                }
-            )
-        ok = bool(self.cfg)
-        out = {
-            "registered": ok and self.tokens.registered,
-            "slots": slots,
-            "token_expires_s": self.tokens.expires_in_s() if ok else -1,
-            "device_status_sent": self.state.get("ds", 0),
-            "handshakes": self.https.handshakes if ok else 0,
-            "flash_writes": self.store.writes if ok else 0,
-            "flash_bytes": self.store.bytes if ok else 0,
-        }
-        if len(slots) == 1:
-            out.update(slots[0])  # a one-slot device shows its slot at the top level
-        elif not slots:
-            out.update(state="suspended", reason=self.reason, orders_placed=0)
+        out = _lib("start").status(self)
+        _drop("start")
         return out
 
     # -- boot -----------------------------------------------------------------------------
 
     def boot(self):
         """Load config and persisted state. Returns False (and idles) when config is bad."""
-        config = _lib("config")
-        cfg, sec, errors = config.load(self.root)
-        if errors:
-            for e in errors:
-                self.log("config-error", message=e)
-            self.reason = "config"
-            self.log("suspended", reason="config", hint="fix the files above, then reset")
-            _drop("config")
-            return False
-        drs_url = config.parse_url(cfg["drs_url"])
-        lwa_url = config.parse_url(cfg["lwa_url"])
-        del config
-        _drop("config")  # its checks are done; its code is the biggest we have
-        from dash import lwa
-        from dash.https import Https
-        from dash.platform import net_up, open_sensor
-        from dash.signal import Signal
-        from dash.store import Store
-
-        self.cfg = cfg
-        self.drs_url = drs_url
-        self.lwa_url = lwa_url
-        self._wifi = (sec["wifi_ssid"], sec["wifi_password"])
-        # Join the network first: on a board that sets the clock, which the token and the
-        # back-off deadlines on flash are kept against.
-        net_up(*self._wifi)
-        self.store = Store(self.root)
-        self.https = Https(self._path(cfg["ca_file"]), cfg["http_timeout_s"])
-        self.tokens = lwa.Tokens(self.store, sec, self.clock, cfg["token_margin_s"])
-        for sc in cfg["slots"]:
-            s = sc["sensor"]
-            if s["kind"] == "file":
-                s["path"] = self._path(s["path"])
-            signal = Signal(
-                s["raw_empty"],
-                s["raw_full"],
-                s["capacity"],
-                s["margin"],
-                s["raw_max"],
-                s["stuck_samples"],
-                s["max_drop"],
-                s["median"],
-                s["ema_shift"],
-            )
-            machine = fsm.Machine(
-                sc["low"], sc["high"], sc["confirm_samples"], sc["warmup_samples"]
-            )
-            self.slots.append(Slot(sc, open_sensor(s), signal, machine))
-        self.refingerprint()
-        self._restore()
-        now = self.clock.wall()
-        if now:
-            self.ds_up = max(0, self.state.get("ds", 0) + _DAY - now)
-            for sl in self.slots:
-                rw = sl.rec.get("rw", 0)
-                sl.report_up = rw - now if rw else 0
-        if not self.tokens.registered:
-            self.log("unregistered", hint="register the device to let it order")
-        return True
+        ok = _lib("start").boot(self)
+        _drop("start")
+        return ok
 
     def _path(self, name):
         return name if name.startswith("/") else self.root + "/" + name
@@ -210,67 +137,6 @@ class App:
             except OSError:
                 pass
         self._fingerprint = c
-
-    def _restore(self):
-        st = self.store.load(STATE)
-        corrupt = st is None and self.store.exists(STATE)
-        if corrupt:
-            self.log("state-reset", reason="state file corrupt; starting from defaults")
-        if st is None or not isinstance(st.get("slots"), dict):
-            st = {"slots": {}}
-        old = st["slots"]
-        st["slots"] = {}  # slots no longer configured are forgotten
-        self.state = st
-        for sl in self.slots:
-            rec = old.get(sl.id)
-            if not isinstance(rec, dict):
-                # Without a record we cannot know whether an order is open; if DRS says one
-                # is, take it as ours.
-                rec = {"unc": 1} if corrupt else {}
-            st["slots"][sl.id] = rec
-            sl.rec = rec
-            self._restore_slot(sl)
-
-    def _restore_slot(self, sl):
-        rec = sl.rec
-        st = rec.get("st", fsm.MONITOR)
-        if not isinstance(st, int) or not 0 <= st < fsm.N_STATES:
-            st = fsm.MONITOR
-        if st == fsm.SUSPENDED:
-            kind = rec.get("sk")
-            if kind == fsm.K_REG:
-                human = self.tokens.registered  # registered again (new secrets, or a code)
-            elif kind == fsm.K_UNLISTED:
-                human = False  # the next SubscriptionInfo decides
-            else:
-                human = rec.get("sf") != self._fingerprint  # config or secrets changed
-            if human:
-                self.log("resumed", slot=sl.id, reason="provisioning changed since suspension")
-                st = self._unsuspend(rec)
-            else:
-                sl.reason = rec.get("sr", "")
-                self.creds_bad = self.creds_bad or kind == fsm.K_CREDS
-                self.log("suspended", slot=sl.id, reason=sl.reason)
-        if rec.get("fl"):
-            # The last request may have left before the power went: an open order may be ours.
-            rec["unc"] = 1
-            rec["fl"] = 0
-        if st in _BACKOFF_STATES:
-            left = rec.get("dr", 0)
-            now, dw = self.clock.wall(), rec.get("dw", 0)
-            if now and dw:
-                left = dw - now
-            sl.deadline = max(0, min(left, rec.get("dr", left)))
-        if st == fsm.ORDERED:
-            sl.check_at = min(600, self.cfg["order_check_s"])
-        sl.fsm.restore(st)
-        self.log(
-            "boot",
-            slot=sl.id,
-            state=fsm.NAMES[st],
-            event_instance_id=rec.get("ev"),
-            backoff_s=self._left(sl),
-        )
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -390,7 +256,7 @@ class App:
         self.transition(sl, fsm.E_SUSPEND)
 
     @staticmethod
-    def _unsuspend(rec):
+    def unsuspend(rec):
         for k in ("sk", "sr", "sf"):
             rec.pop(k, None)
         if rec.pop("sp", fsm.MONITOR) in _OPEN_STATES:
@@ -400,7 +266,7 @@ class App:
 
     def resume(self, sl, why):
         """Out of suspension: the slot starts its episode over, remembering an open order."""
-        self._unsuspend(sl.rec)
+        self.unsuspend(sl.rec)
         sl.reason = ""
         self.log("resumed", slot=sl.id, reason=why)
         self.transition(sl, fsm.E_REARM)

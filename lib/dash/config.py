@@ -169,7 +169,7 @@ def _check_slot(src, out, errors, prefix):
     if not isinstance(sensor, dict):
         errors.append("%s: '%ssensor' must be an object with at least 'kind'" % (CONFIG, prefix))
         return
-    s = {}
+    s: dict = {}
     _check(sensor, _SENSOR, s, errors, CONFIG, prefix + "sensor.")
     out["sensor"] = s
     if s.get("raw_empty") is not None and s.get("raw_empty") == s.get("raw_full"):
@@ -192,9 +192,9 @@ def validate(raw, secrets):
     """(config dict, secrets dict, errors list) from already-parsed JSON objects.
 
     The config always comes out with a "slots" list, whichever form the file used."""
-    errors = []
-    cfg = {}
-    sec = {}
+    errors: list = []
+    cfg: dict = {}
+    sec: dict = {}
     if raw is not None:
         slot_keys = [k[0] for k in _SLOT] + ["sensor"]
         if "slots" in raw:
@@ -216,7 +216,7 @@ def validate(raw, secrets):
             if not isinstance(src, dict):
                 errors.append("%s: '%s' must be an object" % (CONFIG, prefix[:-1]))
                 continue
-            one = {}
+            one: dict = {}
             _check_slot(src, one, errors, prefix)
             sid = one.get("slot_id")
             if sid in seen:
@@ -243,7 +243,7 @@ def validate(raw, secrets):
 
 def load(root="."):
     """Read and validate both files under `root`. Returns (config, secrets, errors)."""
-    errors = []
+    errors: list = []
     raw = _read(root + "/" + CONFIG, errors)
     secrets = _read(root + "/" + SECRETS, errors)
     cfg, sec, more = validate(raw, secrets)

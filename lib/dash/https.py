@@ -34,14 +34,10 @@ class HttpError(Exception):
     pass
 
 
-def _fail(code, detail=""):
-    raise HttpError(code, detail)
-
-
 def load_trust_store(path):
     """DER certificates from a PEM bundle, read line by line (mbedTLS here parses DER only)."""
     ders = []
-    b64 = None
+    b64: list | None = None
     try:
         with open(path, "rb") as f:
             for line in f:
@@ -54,9 +50,9 @@ def load_trust_store(path):
                 elif b64 is not None:
                     b64.append(line)
     except (OSError, ValueError):
-        _fail(E_CA, path)
+        raise HttpError(E_CA, path)
     if not ders:
-        _fail(E_CA, path)
+        raise HttpError(E_CA, path)
     return ders
 
 
@@ -72,12 +68,12 @@ class Https:
     def _context(self):
         if self._ctx is None:
             ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = tls.CERT_REQUIRED  # explicit: facades default to CERT_NONE
+            ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stubs lack it
             for der in load_trust_store(self.ca_path):
                 try:
                     ctx.load_verify_locations(der)
                 except ValueError:
-                    _fail(E_CA, self.ca_path)
+                    raise HttpError(E_CA, self.ca_path)
             self._ctx = ctx
         return self._ctx
 
@@ -88,7 +84,7 @@ class Https:
             try:
                 ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
             except (OSError, IndexError):
-                _fail(E_DNS, host)
+                raise HttpError(E_DNS, host)
             ai = (ai[0], ai[-1])
             self._addr[key] = ai
         return ai
@@ -111,15 +107,15 @@ class Https:
                 raw.connect(addr)
             except OSError as e:
                 self._addr.pop((host, port), None)
-                _fail(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
+                raise HttpError(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
             self.handshakes += 1
             try:
                 s = ctx.wrap_socket(raw, server_hostname=host)
             except OSError as e:
-                _fail(E_TIMEOUT if _timeout(e) else E_TLS, host)
+                raise HttpError(E_TIMEOUT if _timeout(e) else E_TLS, host)
             except ValueError as e:
                 # mbedTLS verification failures arrive as ValueError with a reason.
-                _fail(E_TLS, str(e).strip())
+                raise HttpError(E_TLS, str(e).strip())
             try:
                 s.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, host.encode()))
                 s.write(headers)
@@ -128,7 +124,7 @@ class Https:
                     s.write(body)
                 return self._response(s, max_body)
             except OSError as e:
-                _fail(E_TIMEOUT if _timeout(e) else E_RESET, host)
+                raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
         finally:
             if s is not None:
                 try:
@@ -145,23 +141,23 @@ class Https:
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_s * 3000)
         while end < 0:
             if n >= _HEAD_MAX:
-                _fail(E_TOOBIG, "head")
+                raise HttpError(E_TOOBIG, "head")
             got = s.readinto(mv[n:])
             if not got:
-                _fail(E_RESET, "head")
+                raise HttpError(E_RESET, "head")
             n += got
             end = head.find(b"\r\n\r\n", 0, n)
             _check_deadline(deadline)
         # Status line: HTTP/1.x NNN reason
         eol = head.find(b"\r\n")
         if head[:7] not in (b"HTTP/1.", b"HTTP/1") or eol < 12 or head[12:13] not in (b" ", b"\r"):
-            _fail(E_PROTO, "status")
+            raise HttpError(E_PROTO, "status")
         try:
             status = int(head[9:12])
         except ValueError:
-            _fail(E_PROTO, "status")
+            raise HttpError(E_PROTO, "status")
         if not 100 <= status <= 599:
-            _fail(E_PROTO, "status")
+            raise HttpError(E_PROTO, "status")
         kept = {}
         length = -1
         chunked = False
@@ -170,16 +166,16 @@ class Https:
             eol = head.find(b"\r\n", pos, end + 2)
             colon = head.find(b":", pos, eol)
             if colon <= pos:
-                _fail(E_PROTO, "header")
+                raise HttpError(E_PROTO, "header")
             name = bytes(head[pos:colon]).lower()
             value = bytes(head[colon + 1 : eol]).strip()
             if name == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
-                    _fail(E_PROTO, "content-length")
+                    raise HttpError(E_PROTO, "content-length")
                 if length < 0:
-                    _fail(E_PROTO, "content-length")
+                    raise HttpError(E_PROTO, "content-length")
             elif name == b"transfer-encoding":
                 chunked = value.lower() == b"chunked"
             elif name in (b"retry-after", b"content-type", b"location"):
@@ -190,7 +186,7 @@ class Https:
             body = _read_chunked(s, extra, max_body, deadline)
         else:
             if length > max_body:
-                _fail(E_TOOBIG, "body")
+                raise HttpError(E_TOOBIG, "body")
             body = _read_body(s, extra, length, max_body, deadline)
         return status, body, kept
 
@@ -201,7 +197,7 @@ def _timeout(e):
 
 def _check_deadline(deadline):
     if time.ticks_diff(deadline, time.ticks_ms()) < 0:
-        _fail(E_TIMEOUT, "slow")
+        raise HttpError(E_TIMEOUT, "slow")
 
 
 def _read_body(s, extra, length, max_body, deadline):
@@ -216,11 +212,11 @@ def _read_body(s, extra, length, max_body, deadline):
         if not got:
             if length < 0:
                 return bytes(mv[:have])
-            _fail(E_RESET, "body")
+            raise HttpError(E_RESET, "body")
         have += got
         _check_deadline(deadline)
     if length < 0:
-        _fail(E_TOOBIG, "body")
+        raise HttpError(E_TOOBIG, "body")
     return bytes(body)
 
 
@@ -232,22 +228,22 @@ def _read_chunked(s, data, max_body, deadline):
         eol = buf.find(b"\r\n")
         while eol < 0:
             if len(buf) > 64:
-                _fail(E_PROTO, "chunk")
+                raise HttpError(E_PROTO, "chunk")
             buf += _more(s, 64, deadline)
             eol = buf.find(b"\r\n")
         try:
             size = int(buf[:eol].split(b";")[0], 16)
         except ValueError:
-            _fail(E_PROTO, "chunk")
+            raise HttpError(E_PROTO, "chunk")
         buf = buf[eol + 2 :]
         if size == 0:
             return bytes(body)
         if len(body) + size > max_body:
-            _fail(E_TOOBIG, "body")
+            raise HttpError(E_TOOBIG, "body")
         while len(buf) < size + 2:
             buf += _more(s, min(512, size + 2 - len(buf)), deadline)
         if buf[size : size + 2] != b"\r\n":
-            _fail(E_PROTO, "chunk")
+            raise HttpError(E_PROTO, "chunk")
         body += buf[:size]
         buf = buf[size + 2 :]
 
@@ -255,6 +251,6 @@ def _read_chunked(s, data, max_body, deadline):
 def _more(s, n, deadline):
     got = s.read(n)
     if not got:
-        _fail(E_RESET, "chunk")
+        raise HttpError(E_RESET, "chunk")
     _check_deadline(deadline)
     return got

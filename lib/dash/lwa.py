@@ -149,23 +149,9 @@ class Tokens:
     def renew(self, https, url):
         """Refresh now. Returns (outcome, reason)."""
         body = refresh_body(self.refresh, self.client_id, self.client_secret)
-        return self._grant(https, url, body, False)
+        return self.grant(https, url, body, False)
 
-    def exchange(self, https, url, code, redirect_uri, verifier):
-        """Trade an authorization code for the device's first tokens (confidential client with
-        its secret, or PKCE with the verifier). Returns (outcome, reason)."""
-        body = b"grant_type=authorization_code&code=" + quote(code)
-        body += b"&redirect_uri=" + quote(redirect_uri) + b"&client_id=" + quote(self.client_id)
-        if self.client_secret:
-            body += b"&client_secret=" + quote(self.client_secret)
-        else:
-            body += b"&code_verifier=" + quote(verifier)
-        outcome, reason = self._grant(https, url, body, True)
-        if outcome == result.REVOKED:
-            reason = "authorization code expired, already used or not for this device"
-        return outcome, reason
-
-    def _grant(self, https, url, form, need_refresh):
+    def grant(self, https, url, form, need_refresh):
         host, port, path = url
         status, body, hdrs = https.request(
             b"POST",

@@ -55,6 +55,23 @@ def forget_provisioned_token(root):
     os.rename(tmp, path)
 
 
+def exchange(tokens, https, url, code, redirect_uri, verifier):
+    """Trade an authorization code for the device's first tokens (confidential client with
+    its secret, or PKCE with the verifier). Returns (outcome, reason)."""
+    from dash.lwa import quote
+
+    body = b"grant_type=authorization_code&code=" + quote(code)
+    body += b"&redirect_uri=" + quote(redirect_uri) + b"&client_id=" + quote(tokens.client_id)
+    if tokens.client_secret:
+        body += b"&client_secret=" + quote(tokens.client_secret)
+    else:
+        body += b"&code_verifier=" + quote(verifier)
+    outcome, reason = tokens.grant(https, url, body, True)
+    if outcome == result.REVOKED:
+        reason = "authorization code expired, already used or not for this device"
+    return outcome, reason
+
+
 def give_challenge(app):
     """The PKCE challenge for the maker's registration page (the verifier stays here)."""
     return {"code_challenge": challenge(verifier(app.store)), "code_challenge_method": "S256"}
@@ -83,7 +100,7 @@ def register(app, code):
             return refuse("no PKCE challenge was given out: ask for the challenge first")
         v = verifier(app.store)
     try:
-        outcome, reason = tokens.exchange(app.https, app.lwa_url, code, redirect, v)
+        outcome, reason = exchange(tokens, app.https, app.lwa_url, code, redirect, v)
     except HttpError as e:
         return refuse("network: " + ERROR_NAMES[e.args[0]])
     if outcome != result.OK:

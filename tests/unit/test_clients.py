@@ -158,12 +158,14 @@ def test_code_exchange_bodies():
     tok = lwa.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60)
     assert not tok.registered
     t = T()
-    outcome, reason = tok.exchange(t, ("h", 1, "/p"), "AN|c", "https://x/cb", "v" * 43)
+    from dash import provision
+
+    outcome, reason = provision.exchange(tok, t, ("h", 1, "/p"), "AN|c", "https://x/cb", "v" * 43)
     assert t.form == (
         b"grant_type=authorization_code&code=AN%7Cc&redirect_uri=https%3A%2F%2Fx%2Fcb"
         b"&client_id=cid&code_verifier=" + b"v" * 43
     )
     assert outcome == result.REVOKED and "expired" in reason
     tok.client_secret = "s"
-    tok.exchange(t, ("h", 1, "/p"), "c", "r", "")
+    provision.exchange(tok, t, ("h", 1, "/p"), "c", "r", "")
     assert t.form.endswith(b"&client_secret=s") and b"code_verifier" not in t.form

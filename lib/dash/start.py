@@ -1,0 +1,172 @@
+"""Start-up and status reports: loading the config, restoring state.json, and the status a
+maker sees. Run once at boot (or on request) and dropped again, so none of it is resident.
+"""
+
+from micropython import const
+
+from dash import fsm
+from dash.app import STATE, Slot, _drop, _lib
+
+_DAY = const(86400)
+_BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
+
+
+def status(app):
+    """What the device would show a maker: per slot and for the device. No secret."""
+    slots = []
+    for sl in app.slots:
+        rec = sl.rec
+        sub = app.state.get("sub", {}).get(sl.id)
+        slots.append(
+            {
+                "slot": sl.id,
+                "state": fsm.NAMES[sl.fsm.state],
+                "level": sl.level,
+                "orders_placed": sl.orders,
+                "event_instance_id": rec.get("ev"),
+                "detail_code": rec.get("dc"),
+                "test_order": bool(rec.get("test")),
+                "backoff_s": app._left(sl),
+                "reason": sl.reason,
+                "subscribed": None if sub is None or sub < 0 else sub == 1,
+            }
+        )
+    ok = bool(app.cfg)
+    out = {
+        "registered": ok and app.tokens.registered,
+        "slots": slots,
+        "token_expires_s": app.tokens.expires_in_s() if ok else -1,
+        "device_status_sent": app.state.get("ds", 0),
+        "handshakes": app.https.handshakes if ok else 0,
+        "flash_writes": app.store.writes if ok else 0,
+        "flash_bytes": app.store.bytes if ok else 0,
+    }
+    if len(slots) == 1:
+        out.update(slots[0])  # a one-slot device shows its slot at the top level
+    elif not slots:
+        out.update(state="suspended", reason=app.reason, orders_placed=0)
+    return out
+
+
+def boot(app):
+    """Load config and persisted state. Returns False (and idles) when config is bad."""
+    config = _lib("config")
+    cfg, sec, errors = config.load(app.root)
+    if errors:
+        for e in errors:
+            app.log("config-error", message=e)
+        app.reason = "config"
+        app.log("suspended", reason="config", hint="fix the files above, then reset")
+        _drop("config")
+        return False
+    drs_url = config.parse_url(cfg["drs_url"])
+    lwa_url = config.parse_url(cfg["lwa_url"])
+    del config
+    _drop("config")  # its checks are done; its code is the biggest we have
+    from dash import lwa
+    from dash.https import Https
+    from dash.platform import net_up, open_sensor
+    from dash.signal import Signal
+    from dash.store import Store
+
+    app.cfg = cfg
+    app.drs_url = drs_url
+    app.lwa_url = lwa_url
+    app._wifi = (sec["wifi_ssid"], sec["wifi_password"])
+    # Join the network first: on a board that sets the clock, which the token and the
+    # back-off deadlines on flash are kept against.
+    net_up(*app._wifi)
+    app.store = Store(app.root)
+    app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
+    app.tokens = lwa.Tokens(app.store, sec, app.clock, cfg["token_margin_s"])
+    for sc in cfg["slots"]:
+        s = sc["sensor"]
+        if s["kind"] == "file":
+            s["path"] = app._path(s["path"])
+        signal = Signal(
+            s["raw_empty"],
+            s["raw_full"],
+            s["capacity"],
+            s["margin"],
+            s["raw_max"],
+            s["stuck_samples"],
+            s["max_drop"],
+            s["median"],
+            s["ema_shift"],
+        )
+        machine = fsm.Machine(sc["low"], sc["high"], sc["confirm_samples"], sc["warmup_samples"])
+        app.slots.append(Slot(sc, open_sensor(s), signal, machine))
+    app.refingerprint()
+    restore(app)
+    now = app.clock.wall()
+    if now:
+        app.ds_up = max(0, app.state.get("ds", 0) + _DAY - now)
+        for sl in app.slots:
+            rw = sl.rec.get("rw", 0)
+            sl.report_up = rw - now if rw else 0
+    if not app.tokens.registered:
+        app.log("unregistered", hint="register the device to let it order")
+    return True
+
+
+def restore(app):
+    st = app.store.load(STATE)
+    corrupt = st is None and app.store.exists(STATE)
+    if corrupt:
+        app.log("state-reset", reason="state file corrupt; starting from defaults")
+    if st is None or not isinstance(st.get("slots"), dict):
+        st = {"slots": {}}
+    old = st["slots"]
+    st["slots"] = {}  # slots no longer configured are forgotten
+    app.state = st
+    for sl in app.slots:
+        rec = old.get(sl.id)
+        if not isinstance(rec, dict):
+            # Without a record we cannot know whether an order is open; if DRS says one
+            # is, take it as ours.
+            rec = {"unc": 1} if corrupt else {}
+        st["slots"][sl.id] = rec
+        sl.rec = rec
+        _restore_slot(app, sl)
+
+
+def _restore_slot(app, sl):
+    rec = sl.rec
+    st = rec.get("st", fsm.MONITOR)
+    if not isinstance(st, int) or not 0 <= st < fsm.N_STATES:
+        st = fsm.MONITOR
+    if st == fsm.SUSPENDED:
+        kind = rec.get("sk")
+        if kind == fsm.K_REG:
+            human = app.tokens.registered  # registered again (new secrets, or a code)
+        elif kind == fsm.K_UNLISTED:
+            human = False  # the next SubscriptionInfo decides
+        else:
+            human = rec.get("sf") != app._fingerprint  # config or secrets changed
+        if human:
+            app.log("resumed", slot=sl.id, reason="provisioning changed since suspension")
+            st = app.unsuspend(rec)
+        else:
+            sl.reason = rec.get("sr", "")
+            app.creds_bad = app.creds_bad or kind == fsm.K_CREDS
+            app.log("suspended", slot=sl.id, reason=sl.reason)
+    if rec.get("fl"):
+        # The last request may have left before the power went: an open order may be ours.
+        rec["unc"] = 1
+        rec["fl"] = 0
+    if st in _BACKOFF_STATES:
+        left = rec.get("dr", 0)
+        now, dw = app.clock.wall(), rec.get("dw", 0)
+        if now and dw:
+            left = dw - now
+        sl.deadline = max(0, min(left, rec.get("dr", left)))
+    if st == fsm.ORDERED:
+        sl.check_at = min(600, app.cfg["order_check_s"])
+    sl.fsm.restore(st)
+    app.log(
+        "boot",
+        slot=sl.id,
+        state=fsm.NAMES[st],
+        event_instance_id=rec.get("ev"),
+        backoff_s=app._left(sl),
+    )
