@@ -599,3 +599,40 @@ def test_bring_up_commands_at_the_repl(make_device, emulator):
     assert repl("deregister()") == {"ok": True, "drs_confirmed": True}
     assert repl("status()")["registered"] is False
     assert "Atzr|" not in flash_text(dev)
+
+
+def test_test_order_and_factory_reset_at_the_repl(make_device, emulator):
+    import os
+    import subprocess
+
+    from conftest import REPO
+    from devicectl import MICROPYTHON
+
+    emulator.is_test_device = True
+    dev = make_device(config={"test_device": False})
+
+    def repl(code):
+        p = subprocess.run(
+            [MICROPYTHON, "-c", "from dash import bench; bench." + code],
+            cwd=dev.root,
+            env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    refused = repl("test_order('slot-a')")
+    assert refused["ok"] is False and "test_device" in refused["reason"]
+    assert emulator.orders == []
+    cfg = json.loads((dev.root / "config.json").read_text())
+    dev.write_json("config.json", {**cfg, "test_device": True})
+    placed = repl("test_order('slot-a')")  # the level is full: it orders anyway, as asked
+    assert placed["ok"] is True and placed["detail_code"] == "TEST_ORDER_PLACED"
+    assert emulator.orders[0]["event_instance_id"] == placed["event_instance_id"]
+    assert repl("status()")["event_instance_id"] == placed["event_instance_id"]
+    gone = repl("factory_reset()")["removed"]
+    assert set(gone) >= {"state.json", "tokens.json", "secrets.json"}
+    assert (dev.root / "config.json").exists() and (dev.root / "ca.pem").exists()
+    assert "Atzr|" not in flash_text(dev) and "test-secret" not in flash_text(dev)

@@ -214,7 +214,7 @@ class App:
             st = m.event(fsm.E_TIMER)
             self._changed(sl, before, st)
         if st == fsm.ORDERING:
-            self._order(sl)
+            self.order(sl)
             return True
         return False
 
@@ -333,7 +333,7 @@ class App:
 
     # -- ordering -------------------------------------------------------------------------
 
-    def _order(self, sl):
+    def order(self, sl):
         rec = sl.rec
         cfg = self.cfg
         try:
@@ -529,6 +529,9 @@ class App:
 
     def relay(self, msg):
         return self._provision("relay", msg)
+
+    def test_order(self, slot_id=None):
+        return self._provision("test_order", slot_id)
 
     @staticmethod
     def rand():

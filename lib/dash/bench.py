@@ -6,6 +6,8 @@
     >>> bench.register("ANabc...")  # authorization code -> tokens, kept only on the device
     >>> bench.deregister()          # DELETE /registration, then forget every token
     >>> bench.relay('{"notificationInfo": ...}')  # a DRS notification, by hand
+    >>> bench.test_order("slot-a")  # order now: only with "test_device": true in config.json
+    >>> bench.factory_reset()       # forget state, tokens and secrets; keep code and config
 
 Each builds the application from the files on flash, does one thing and persists it; stop
 the running firmware first (mpremote does, by entering the raw REPL).
@@ -53,3 +55,28 @@ def relay(text):
         return app.relay(msg)
 
     return _run(go)
+
+
+def test_order(slot_id=None):
+    return _run(lambda app: app.test_order(slot_id))
+
+
+# What a factory reset forgets: every secret and everything learned; not the code, the
+# maker's config.json or the trust store.
+_WIPE = ("state.json", "tokens.json", "pkce.json", "secrets.json")
+
+
+def factory_reset():
+    import os
+
+    gone = []
+    for name in _WIPE:
+        for path in (name, name + ".tmp"):
+            try:
+                os.remove(path)
+                gone.append(path)
+            except OSError:
+                pass
+    out = {"ok": True, "removed": gone}
+    print(json.dumps(out))
+    return out

@@ -17,7 +17,7 @@ _REQ = const(-1)  # marks a required key in the schema
 _BIG = const(0x3FFFFFFF)
 
 # (key, type, min, max, default). Type: "i" int, "s" slot id, "u" https URL, "f" file name,
-# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text.
+# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text, "b" bool.
 # For strings min/max bound the length. Default None: derived after the check.
 _SCHEMA = (
     ("region", "r", 1, 8, "na"),
@@ -35,6 +35,7 @@ _SCHEMA = (
     ("order_check_s", "i", 600, 7 * 86400, 12 * 3600),
     ("order_checks_max", "i", 0, 1000, 30),
     ("slot_status_min_s", "i", 60, 7 * 86400, 3600),
+    ("test_device", "b", 0, 1, False),
 )
 # Per slot: in a "slots" list, or at the top level for a device with one slot.
 _SLOT = (
@@ -107,7 +108,11 @@ def _check(src, schema, out, errors, where, prefix=""):
                 out[key] = default
             continue
         v = src[key]
-        if typ == "i":
+        if typ == "b":
+            if not isinstance(v, bool):
+                errors.append("%s: '%s' must be true or false" % (where, name))
+                continue
+        elif typ == "i":
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 msg = "must be a whole number from %d to %d" % (lo, hi)
                 errors.append("%s: '%s' %s" % (where, name, msg))

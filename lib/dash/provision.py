@@ -166,3 +166,33 @@ def relay(app, msg):
                 app.cancelled(sl, "notification")
                 matched += 1
     return {"ok": True, "reason": "", "matched": matched}
+
+
+def test_order(app, slot_id):
+    """Order for one slot now, whatever its level: only for a test registration, where DRS
+    answers TEST_ORDER_PLACED and nothing ships."""
+    if not app.cfg["test_device"]:
+        return {
+            "ok": False,
+            "reason": "config.json: 'test_device' is false; this would be a real order",
+        }
+    sl = None
+    for s in app.slots:
+        if s.id == slot_id or slot_id is None:
+            sl = s
+            break
+    if sl is None:
+        return {"ok": False, "reason": "no slot %s" % slot_id}
+    if sl.fsm.state == fsm.SUSPENDED:
+        return {"ok": False, "reason": "slot suspended: " + sl.reason}
+    app.log("test-order", slot=sl.id)
+    sl.fsm.state = fsm.ORDERING
+    app.order(sl)
+    rec = sl.rec
+    return {
+        "ok": sl.fsm.state == fsm.ORDERED,
+        "slot": sl.id,
+        "state": fsm.NAMES[sl.fsm.state],
+        "event_instance_id": rec.get("ev"),
+        "detail_code": rec.get("dc"),
+    }
