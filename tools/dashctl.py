@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,9 +175,14 @@ def deploy(board, romfs):
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if romfs:
-            src = work / "romfs"
+            # A fixed place: mpy-cross records the path it compiled, and the image must come
+            # out byte for byte the same when nothing changed.
+            src = REPO / "build" / "deploy" / "romfs"
+            shutil.rmtree(src, ignore_errors=True)
             (src / "lib").mkdir(parents=True)
-            os.symlink(LIB / "dash", src / "lib" / "dash")
+            shutil.copytree(
+                LIB / "dash", src / "lib" / "dash", ignore=shutil.ignore_patterns("__pycache__")
+            )
             image = work / "dash.romfs"
             board_ok = subprocess.run(
                 [sys.executable, "-m", "mpremote", "romfs", "-o", str(image), "build", str(src)],

@@ -31,7 +31,21 @@ def _run(fn):
 
 
 def status():
-    return _run(lambda app: app.status())
+    def go(app):
+        # This app has only just booted: show what the firmware was doing (its persisted
+        # state), not the warm-up every boot starts with.
+        from dash import fsm
+
+        st = app.status()
+        for i, sl in enumerate(app.slots):
+            one = st["slots"][i]
+            if sl.fsm.state == fsm.WARMUP:
+                one["state"] = fsm.NAMES[sl.fsm.durable()]
+            if len(app.slots) == 1:
+                st["state"] = one["state"]
+        return st
+
+    return _run(go)
 
 
 def challenge():
