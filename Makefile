@@ -6,7 +6,7 @@ MICROPYTHON := $(BIN)/micropython
 STAMP := $(VENV)/.installed
 CERTS := build/certs
 
-.PHONY: all venv certs sim test unit lint bench clean
+.PHONY: all venv certs sim test unit lint bench board deploy deploy-romfs provision status clean
 
 all: test
 
@@ -44,6 +44,24 @@ lint: $(STAMP) $(STUBS)
 # RAM, flash wear, handshakes, latency and code size beside a naive baseline (a few minutes).
 bench: certs
 	$(BIN)/python tools/bench.py
+
+# The bench workflow on a board (PORT=/dev/ttyUSB0, or an mpremote shortcut such as u0).
+PORT ?=
+DASHCTL = $(BIN)/python tools/dashctl.py $(if $(PORT),-p $(PORT))
+deploy: $(STAMP)
+	$(DASHCTL) deploy
+deploy-romfs: $(STAMP)
+	$(DASHCTL) deploy --romfs
+provision: $(STAMP)
+	$(DASHCTL) provision --config $(CONFIG) $(if $(SECRETS),--secrets $(SECRETS)) $(if $(CA),--ca $(CA))
+status: $(STAMP)
+	$(DASHCTL) status
+
+# A board without hardware: the unix port on a pty, build/board/flash as its flash. Then
+# `make deploy PORT=build/board/tty` and the rest work against it.
+board: $(STAMP)
+	mkdir -p build/board/flash
+	$(BIN)/python tools/boardemu.py --flash build/board/flash --link build/board/tty
 
 test: certs lint
 	$(BIN)/pytest -q
