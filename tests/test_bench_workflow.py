@@ -164,3 +164,54 @@ def test_rtc_and_bad_provisioning(board, tmp_path):
     p = dashctl(board, "provision", "--config", str(bad), "--secrets", str(sec), ok=False)
     assert p.returncode == 1 and "nothing written" in p.stderr
     assert not (board.flash / "config.json").exists()
+
+
+def test_mip_installs_the_package(board):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpremote",
+            "connect",
+            board.port,
+            "mip",
+            "install",
+            "./package.json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    shipped = sorted(f.name for f in (REPO / "lib" / "dash").glob("*.py"))
+    assert sorted(f.name for f in (board.flash / "lib" / "dash").glob("*.py")) == shipped
+
+
+def test_provision_asks_for_the_secrets(board, emulator, certs, tmp_path):
+    dashctl(board, "deploy")
+    cfg, _ = provision_files(tmp_path, emulator)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "dashctl.py"),
+            "-p",
+            board.port,
+            "provision",
+            "--config",
+            str(cfg),
+        ],
+        input="%s\n%s\nhome-net\nwifi-pass\n" % (CLIENT_ID, CLIENT_SECRET),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    sec = json.loads((board.flash / "secrets.json").read_text())
+    assert sec == {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "wifi_ssid": "home-net",
+        "wifi_password": "wifi-pass",
+    }
+    assert CLIENT_SECRET not in p.stdout and "wifi-pass" not in p.stdout
