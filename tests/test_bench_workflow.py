@@ -138,6 +138,26 @@ def test_deploy_as_romfs_runs_from_rom(board, emulator, certs, tmp_path):
         timeout=60,
     ).stdout
     assert where.strip().startswith("/rom/")
+    # Back to .mpy files: the image must go, or it would keep shadowing them.
+    back = dashctl(board, "deploy").stdout
+    assert "removed the ROMFS image" in back and "copied lib/dash/app.mpy" in back
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpremote",
+            "connect",
+            board.port,
+            "exec",
+            "import dash.app; print(dash.app.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert where.strip().startswith("lib/") or where.strip().startswith("/lib/")
+    # And the ROMFS marker follows what the partition holds, not what was sent last time.
+    assert "ROMFS image deployed" in dashctl(board, "deploy", "--romfs").stdout
 
 
 def test_a_test_order_needs_a_test_registration(board, emulator, certs, tmp_path):

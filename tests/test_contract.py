@@ -596,7 +596,9 @@ def test_bring_up_commands_at_the_repl(make_device, emulator):
     assert repl("register(%r)" % code) == {"ok": True, "reason": ""}
     st = repl("status()")
     assert st["registered"] is True and st["token_expires_s"] > 3000
-    assert repl("deregister()") == {"ok": True, "drs_confirmed": True}
+    emulator.revoke_all()  # deregistered elsewhere; the cloud relays the notification
+    msg = json.dumps({"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}})
+    assert repl("relay(%r)" % msg)["registered"] is False
     assert repl("status()")["registered"] is False
     assert "Atzr|" not in flash_text(dev)
 
@@ -636,3 +638,37 @@ def test_test_order_and_factory_reset_at_the_repl(make_device, emulator):
     assert set(gone) >= {"state.json", "tokens.json", "secrets.json"}
     assert (dev.root / "config.json").exists() and (dev.root / "ca.pem").exists()
     assert "Atzr|" not in flash_text(dev) and "test-secret" not in flash_text(dev)
+
+
+def test_a_subscription_taken_while_rebooting_is_seen(device, emulator):
+    emulator.set_subscribed("slot-a", False)
+    device.restart()
+    assert drain(device, 30)["state"] == "unsubscribed"
+    emulator.set_subscribed("slot-a", True)  # no notification reaches the device
+    device.restart()  # the first SubscriptionInfo comes while the slot still warms up
+    st = device.run(10 * MIN)
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_no_wall_clock_after_a_reboot_starves_no_other_call(certs, tmp_path):
+    # A SlotStatus cannot be dated without a clock; it must not stay "due" at every step and
+    # keep the other slot's GetOrderInfo from ever running.
+    cfg = {
+        "slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt")],
+        "slot_status_min_s": 600,
+        "order_check_s": 600,
+    }
+    with slots_device(certs, tmp_path / "d", ("cyan", "magenta"), cfg) as (emu, dev):
+        dev.set_level(FULL, "c.txt")
+        dev.set_level(FULL, "m.txt")
+        dev.start()
+        dev.run(20 * MIN)  # baselines on flash
+        dev.set_level(LOW, "m.txt")
+        dev.run(10 * MIN)  # magenta orders
+        assert len(emu.orders) == 1
+        dev.wall = 0  # the next boot finds no clock (NTP unreachable)
+        dev.restart()
+        dev.set_level(FULL - 300, "c.txt")  # cyan is used: a report is due, but undatable
+        n = len(emu.requests_to("/getOrderInfo/"))
+        dev.run(2 * HOUR)
+        assert len(emu.requests_to("/getOrderInfo/")) > n

@@ -77,7 +77,12 @@ for _n in ('boot.py', 'main.py', '.romfs-sha'):
         _f[_n] = _h(_n)
     except OSError:
         pass
-print('@@' + json.dumps({'mpy': getattr(sys.implementation, '_mpy', 0) & 0xFF, 'files': _f}))
+try:
+    _rom = bool(os.stat('/rom/lib/dash/app.mpy'))
+except OSError:
+    _rom = False
+print('@@' + json.dumps({'mpy': getattr(sys.implementation, '_mpy', 0) & 0xFF, 'files': _f,
+                         'rom': _rom}))
 """
 
 
@@ -174,6 +179,11 @@ def deploy(board, romfs):
     said = []
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
+        if _mpy_cross_version() != survey["mpy"]:
+            raise BoardError(
+                "the board runs .mpy v%d, mpy-cross makes v%d: use the matching mpy-cross"
+                % (survey["mpy"], _mpy_cross_version())
+            )
         if romfs:
             # A fixed place: mpy-cross records the path it compiled, and the image must come
             # out byte for byte the same when nothing changed.
@@ -184,30 +194,34 @@ def deploy(board, romfs):
                 LIB / "dash", src / "lib" / "dash", ignore=shutil.ignore_patterns("__pycache__")
             )
             image = work / "dash.romfs"
-            board_ok = subprocess.run(
+            built = subprocess.run(
                 [sys.executable, "-m", "mpremote", "romfs", "-o", str(image), "build", str(src)],
                 capture_output=True,
                 text=True,
                 timeout=board.timeout,
             )
-            if board_ok.returncode != 0:
-                raise BoardError("romfs build failed: " + board_ok.stderr.strip()[-300:])
+            if built.returncode != 0:
+                raise BoardError("romfs build failed: " + built.stderr.strip()[-300:])
             sha = _sha(image)
-            if remote.get(".romfs-sha") == hashlib.sha256(sha.encode()).hexdigest():
+            marker = work / ".romfs-sha"
+            marker.write_text(sha)
+            same = remote.get(".romfs-sha") == _sha(marker)
+            if same and survey.get("rom"):
                 said.append("ROMFS image unchanged")
             else:
                 board.mpremote("romfs", "deploy", str(src), timeout=max(board.timeout, 300))
-                marker = work / ".romfs-sha"
-                marker.write_text(sha)
                 want[".romfs-sha"] = marker
                 said.append("ROMFS image deployed (%d bytes)" % image.stat().st_size)
             remove += [p for p in remote if p.startswith("lib/dash/")]
         else:
-            if _mpy_cross_version() != survey["mpy"]:
-                raise BoardError(
-                    "the board runs .mpy v%d, mpy-cross makes v%d: use the matching mpy-cross"
-                    % (survey["mpy"], _mpy_cross_version())
-                )
+            if survey.get("rom"):
+                # /rom/lib comes before /lib: an old image would keep running, not these files.
+                empty = work / "empty-romfs"
+                empty.mkdir()
+                board.mpremote("romfs", "deploy", str(empty), timeout=max(board.timeout, 300))
+                said.append("removed the ROMFS image (it would shadow lib/)")
+            if ".romfs-sha" in remote:
+                remove.append(".romfs-sha")
             compiled = _compile(work)
             want.update(compiled)
             # A stale .py next to its .mpy would win the import: remove what we do not ship.
@@ -336,10 +350,16 @@ def tail(board, seconds, restart):
 
     if restart:
         board.mpremote("reset", check=False)
-    dev = board.port if board.port and not re.fullmatch(r"[acu]\d+", board.port) else None
-    if dev is None:
-        raise BoardError("log needs the board's device path (-p /dev/...)")
-    with serial.Serial(dev, 115200, timeout=0.2) as ser:
+    dev = board.port or ""
+    if dev.startswith("port:"):
+        dev = dev[5:]
+    if not dev or re.fullmatch(r"[acu]\d+", dev) or ":" in dev:
+        raise BoardError("log reads the serial port itself: give its path (-p /dev/ttyUSB0)")
+    try:
+        ser = serial.Serial(dev, 115200, timeout=0.2)
+    except serial.SerialException as e:
+        raise BoardError("cannot open %s: %s" % (dev, e)) from None
+    with ser:
         end = time.monotonic() + seconds
         buf = b""
         while time.monotonic() < end:

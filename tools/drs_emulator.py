@@ -760,7 +760,8 @@ class Emulator:
     def _refresh_grant(self, params):
         missing = [k for k in ("grant_type", "refresh_token", "client_id") if not params.get(k)]
         refresh = params.get("refresh_token")
-        public = refresh in self._public_refresh_tokens
+        # An unknown (revoked, rotated away) token is invalid_grant whoever asks, as at LwA.
+        public = refresh in self._public_refresh_tokens or refresh not in self._refresh_tokens
         if self.client_secret is not None and not public and not params.get("client_secret"):
             missing.append("client_secret")
         if missing:

@@ -56,11 +56,11 @@ def steady(app, clock, n):
 def cycle(app, clock, cold):
     import time
 
-    if cold:
-        app.tokens.invalidate()
-    warm = app.tokens.valid()
     done = (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY, fsm.SUSPENDED, fsm.UNSUBSCRIBED)
     for _ in range(200):
+        if cold:
+            app.tokens.invalidate()  # before every step: the one that orders must refresh
+        warm = app.tokens.valid()
         was = [sl.fsm.state for sl in app.slots]
         hs, wr, by = app.https.handshakes, app.store.writes, app.store.bytes
         clock.t = clock.due

@@ -15,7 +15,7 @@ from binascii import crc32
 
 from micropython import const
 
-from dash import fsm, result
+from dash import fsm, https, lwa, platform, result, store  # noqa: F401 - resident: load first
 from dash.signal import FAULT_NAMES
 
 TYPE_CHECKING = False  # the type checker reads it as True: names for annotations only
@@ -188,12 +188,40 @@ class App:
         if not ordered:
             duty = self._duty()
             if duty:
-                duties = _lib("duties")
-                duties.run(self, duty, self._due_slot)
-                del duties
-                _drop("duties")
+                # 1-2: duties (registration, subscriptions); 3-5: reports. One at a time in
+                # RAM, and neither while the device only samples.
+                name = "duties" if duty <= 2 else "reports"
+                try:
+                    failed = _lib(name).run(self, duty, self._due_slot)
+                except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
+                    failed = (result.TRANSIENT, _describe(e), None)
+                _drop(name)
+                self._duty_done(duty, self._due_slot, failed)
                 self._due_slot = None
         return wait * 1000
+
+    def _duty_done(self, duty, sl, failed):
+        """Back off after a failed periodic call: per slot for a slot's, else device-wide."""
+        owner = sl if duty >= 4 else self
+        if not failed:
+            owner.duty_att = 0
+            return
+        from dash.backoff import parse_retry_after, retry_delay_s
+
+        cfg = self.cfg
+        delay = retry_delay_s(
+            owner.duty_att,
+            cfg["retry_base_s"],
+            cfg["retry_cap_s"],
+            self.rand(),
+            parse_retry_after(failed[2]),
+        )
+        owner.duty_att += 1
+        owner.duty_at = self._up_s + delay
+        if duty >= 4:
+            self.log("duty-failed", slot=sl.id, reason=failed[1], retry_in_s=delay)
+        else:
+            self.log("duty-failed", reason=failed[1], retry_in_s=delay)
 
     def _step_slot(self, sl):
         """One sample of one slot. True when it placed (or tried) an order."""
@@ -279,9 +307,13 @@ class App:
         rec.pop("oc", None)
         rec.pop("od", None)
         sl.check_at = -1
+        self.rearm(sl)
+
+    def rearm(self, sl):
+        """Back to monitoring, also from warm-up or a fault (where it goes once they end)."""
         m = sl.fsm
         if m.state == fsm.WARMUP or m.state == fsm.FAULT:
-            m.resume = fsm.MONITOR  # where it goes once warm-up or the fault is over
+            m.resume = fsm.MONITOR
             self.persist()
         else:
             self.transition(sl, fsm.E_REARM)
@@ -320,6 +352,18 @@ class App:
                 self.tokens.invalidate()
                 continue
             return ans, None
+
+    def answer(self, kind, path, body=b"", max_body=1024, ok=(200,)):
+        """(answer, None) for a status in `ok`, else (None, (outcome, reason, Retry-After))."""
+        from dash import drs
+
+        ans, fail = self.call(kind, path, body, max_body)
+        if fail:
+            return None, (fail[0], fail[1], fail[3])
+        if ans[0] in ok:
+            return ans, None
+        st = ans[0]
+        return None, (drs.status_outcome(st), drs.status_reason(st), ans[2].get("retry-after"))
 
     def _token_refused(self, outcome, reason):
         if outcome == result.REVOKED:
@@ -467,8 +511,15 @@ class App:
                 return 1  # duties.D_VERIFY
             if self._subscriptions_stale():
                 return 2  # duties.D_SUBS
-            if 0 <= self.ds_up <= up or (self.ds_up < 0 and up >= self.wall_retry):
+            if 0 <= self.ds_up <= up:
                 return 3  # duties.D_DEVICE
+            if self.ds_up < 0 and up >= self.wall_retry:
+                # No clock at boot: look for one every ten minutes (NTP may have come).
+                now = self.clock.wall()
+                if not now:
+                    self.wall_retry = up + 600
+                else:
+                    self.ds_up = max(0, self.state.get("ds", 0) + _DAY - now)
         for sl in self.slots:
             if up < sl.duty_at:
                 continue

@@ -66,7 +66,14 @@ def relay(text):
             msg = json.loads(text)
         except ValueError:
             msg = None
-        return app.relay(msg)
+        out = app.relay(msg)
+        if app.verify_reg:
+            # This app lives for one command: ask LwA now whether the registration is gone.
+            from dash import duties
+
+            duties.verify_registration(app)
+            out["registered"] = app.tokens.registered
+        return out
 
     return _run(go)
 

@@ -147,14 +147,21 @@ def _check(src, schema, out, errors, where, prefix=""):
 
 
 def _read(path, errors):
+    import os
+
     try:
-        with open(path) as f:
-            text = f.read(_MAX_FILE + 1)
+        size = os.stat(path)[6]
     except OSError:
         errors.append("%s: file is missing" % path)
         return None
-    if len(text) > _MAX_FILE:
+    if size > _MAX_FILE:
         errors.append("%s: file is larger than %d bytes" % (path, _MAX_FILE))
+        return None
+    try:
+        with open(path, "rb") as f:
+            text = f.read(size)  # its size, not the limit: no buffer bigger than the file
+    except OSError:
+        errors.append("%s: file is missing" % path)
         return None
     try:
         obj = json.loads(text)

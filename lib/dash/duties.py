@@ -1,9 +1,10 @@
-"""The periodic DRS calls besides Replenish: SubscriptionInfo, DeviceStatus, SlotStatus and
-GetOrderInfo, with the pure parsers and body builders they need.
+"""The periodic DRS calls that keep the device's picture of its registration right:
+SubscriptionInfo (at boot, daily, after SubscriptionChanged, before an order on stale data)
+and the check that follows a relayed DeviceDeregistered. The reports it sends are in
+`reports`.
 
-The application decides on uptime alone whether one is due (nothing resident allocates for
-that) and imports this module only to make the call, dropping it afterwards: its code is not
-in RAM while the device only samples, nor while it orders.
+The application decides on uptime alone whether a call is due (nothing resident allocates
+for that) and imports this module only to make it, dropping it afterwards.
 """
 
 import json
@@ -11,76 +12,20 @@ import json
 from micropython import const
 
 from dash import fsm, result
-from dash.check import valid_slot
-from dash.drs import status_outcome, status_reason
 
 SUBSCRIPTION = (b"GET", b"DrsSubscriptionInfoInput@1.0", b"DrsSubscriptionInfoResult@1.0")
-DEVICE_STATUS = (b"POST", b"DrsDeviceStatusInput@1.0", b"DrsDeviceStatusResult@1.0")
-SLOT_STATUS = (b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0")
-ORDER_INFO = (b"GET", b"DrsOrderInfoInput@1.0", b"DrsOrderInfoResult@1.0")
 
 # Which call is due (the application's `_duty()` answers with one of these).
 D_VERIFY = const(1)  # a relayed DeviceDeregistered: is the registration really gone?
 D_SUBS = const(2)
-D_DEVICE = const(3)
+D_DEVICE = const(3)  # these three are in `reports`
 D_ORDER = const(4)
 D_SLOT = const(5)
 
-# What GetOrderInfo tells about an order.
-O_OPEN = const(0)  # pending, processing, shipped, or a status Amazon has not documented
-O_DONE = const(1)  # delivered: nothing more to learn
-O_CANCELLED = const(2)
-_DONE = ("delivered", "closed", "completed", "complete")
-_CANCELLED = ("cancelled", "canceled")
-
-_DAY = const(86400)
-_FAR = const(365 * 86400)  # the latest expected replenishment date we ever report
-_RATE_FRAC = const(16)  # consumption rate per day is kept with 4 fraction bits
-
 
 def run(app, duty, sl):
-    """Make the due call; on failure back off (per slot for slot calls, else device-wide)."""
-    if duty == D_VERIFY:
-        failed = verify_registration(app)
-    elif duty == D_SUBS:
-        failed = fetch_subscriptions(app)
-    elif duty == D_DEVICE:
-        failed = device_status(app)
-    elif duty == D_ORDER:
-        failed = order_info(app, sl)
-    else:
-        failed = slot_status(app, sl)
-    owner = sl if duty >= D_ORDER else app
-    if not failed:
-        owner.duty_att = 0
-        return
-    from dash.backoff import parse_retry_after, retry_delay_s
-
-    cfg = app.cfg
-    delay = retry_delay_s(
-        owner.duty_att,
-        cfg["retry_base_s"],
-        cfg["retry_cap_s"],
-        app.rand(),
-        parse_retry_after(failed[2]),
-    )
-    owner.duty_att += 1
-    owner.duty_at = app.up() + delay
-    if duty >= D_ORDER:
-        app.log("duty-failed", slot=sl.id, reason=failed[1], retry_in_s=delay)
-    else:
-        app.log("duty-failed", reason=failed[1], retry_in_s=delay)
-
-
-def _answer(app, kind, path, body=b"", max_body=1024, ok=(200,)):
-    """(answer, None) for a status in `ok`, else (None, (outcome, reason, retry-after))."""
-    ans, fail = app.call(kind, path, body, max_body)
-    if fail:
-        return None, (fail[0], fail[1], fail[3])
-    if ans[0] in ok:
-        return ans, None
-    st = ans[0]
-    return None, (status_outcome(st), status_reason(st), ans[2].get("retry-after"))
+    """Make the due call. None, or (outcome, reason, Retry-After) when it failed."""
+    return verify_registration(app) if duty == D_VERIFY else fetch_subscriptions(app)
 
 
 def verify_registration(app):
@@ -118,7 +63,7 @@ def parse_subscriptions(body, slot_ids):
 
 def fetch_subscriptions(app):
     """SubscriptionInfo into the cache. None on success, else (outcome, reason, retry-after)."""
-    ans, failed = _answer(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
+    ans, failed = app.answer(SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if failed:
         return failed
     subs = parse_subscriptions(ans[1], [sl.id for sl in app.slots])
@@ -135,180 +80,13 @@ def fetch_subscriptions(app):
         if old.get(sl.id) != on:
             app.log("subscription", slot=sl.id, subscribed=on == 1, known=on >= 0)
         st = sl.fsm.state
-        if on == 1 and st == fsm.UNSUBSCRIBED:
+        if on == 1 and sl.fsm.durable() == fsm.UNSUBSCRIBED:
             sl.reason = ""
-            app.transition(sl, fsm.E_REARM)
+            app.rearm(sl)
         elif on >= 0 and st == fsm.SUSPENDED and sl.rec.get("sk") == fsm.K_UNLISTED:
             app.resume(sl, "listed by SubscriptionInfo again")
         elif on < 0 and st != fsm.SUSPENDED:
             app.suspend(sl, fsm.K_UNLISTED, "slot does not exist (not in SubscriptionInfo)")
     state["sub"] = new
-    app.persist()
-    return None
-
-
-def iso8601(t):
-    """Unix seconds as 'YYYY-MM-DDTHH:MM:SSZ' (integer civil-from-days, no time module)."""
-    days, s = divmod(t, 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    y = yoe + era * 400 + (1 if m <= 2 else 0)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, s // 3600, s // 60 % 60, s % 60)
-
-
-def device_status_body(now):
-    return b'{"mostRecentlyActiveDate": "%s"}' % iso8601(now).encode()
-
-
-def device_status(app):
-    now = app.clock.wall()
-    if not now:
-        app.wall_retry = app.up() + 600  # no clock yet: look again in ten minutes
-        return None
-    ds = app.state.get("ds", 0)
-    if now - ds < _DAY:  # the clock became known just now, and it is not due yet
-        app.ds_up = app.up() + ds + _DAY - now
-        return None
-    ans, failed = _answer(
-        app, DEVICE_STATUS, "/deviceStatus", device_status_body(now), ok=(200, 201, 202, 204)
-    )
-    if failed:
-        return failed
-    app.state["ds"] = now
-    app.ds_up = app.up() + _DAY
-    app.persist()
-    app.log("device-status", sent=iso8601(now))
-    return None
-
-
-def parse_order_status(body, eid):
-    """O_OPEN, O_DONE or O_CANCELLED from a GetOrderInfo answer about `eid`; None if unusable.
-
-    Amazon lists only some statuses; anything else means the order is still open."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
-    data = obj.get("orderInfoData") if isinstance(obj, dict) else None
-    if not isinstance(data, dict) or data.get("instanceId", eid) != eid:
-        return None
-    items = data.get("orderItems")
-    if not isinstance(items, list) or not items:
-        return O_OPEN
-    cancelled = done = 0
-    for item in items:
-        st = item.get("status") if isinstance(item, dict) else None
-        st = st.lower() if isinstance(st, str) else ""
-        if st in _CANCELLED:
-            cancelled += 1
-        elif st in _DONE:
-            done += 1
-    if cancelled == len(items):
-        return O_CANCELLED
-    if cancelled + done == len(items):
-        return O_DONE
-    return O_OPEN
-
-
-def order_info_path(eid):
-    """The GetOrderInfo path, or None when the id could not go into a URL unescaped."""
-    return "/getOrderInfo/" + eid if valid_slot(eid, 255) else None
-
-
-def order_info(app, sl):
-    rec = sl.rec
-    eid = rec["ev"]
-    path = order_info_path(eid)
-    if path is None:
-        rec["od"] = 1
-        app.persist()
-        return None
-    ans, failed = _answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
-    if failed:
-        return failed
-    status, body, _ = ans
-    sl.check_at = app.up() + app.cfg["order_check_s"]
-    if status != 200:
-        # DRS does not know the id (an ORDER_INPROGRESS answer's, say): stop asking.
-        rec["od"] = 1
-        app.log("order-info", slot=sl.id, event_instance_id=eid, status="unknown")
-        app.persist()
-        return None
-    o = parse_order_status(body, eid)
-    if o is None:
-        return result.TRANSIENT, "GetOrderInfo answer not understood", None
-    if o == O_CANCELLED:
-        app.cancelled(sl, "GetOrderInfo")
-    elif o == O_DONE:
-        rec["od"] = 1
-        app.log("order-delivered", slot=sl.id, event_instance_id=eid)
-        app.persist()
-    else:
-        rec["oc"] = rec.get("oc", 0) + 1
-        app.log("order-info", slot=sl.id, event_instance_id=eid, status="open")
-        app.persist()
-    return None
-
-
-def slot_status_body(remaining, original, on_hand, last_use, expected):
-    return (
-        b'{"expectedReplenishmentDate": "%s", "remainingQuantityInUnit": %d, '
-        b'"originalQuantityInUnit": %d, "totalQuantityOnHand": %d, "lastUseDate": "%s"}'
-        % (iso8601(expected).encode(), remaining, original, on_hand, iso8601(last_use).encode())
-    )
-
-
-def estimate(rate, used, dt, level, low, now):
-    """(new rate, expected replenishment date): the consumption rate in units per day with
-    `_RATE_FRAC` fraction bits, an EMA over about four reports, and when `level` reaches `low`
-    at that rate (no later than a year ahead)."""
-    if used > 0 and dt > 0:
-        sample = used * _DAY * _RATE_FRAC // dt
-        rate = sample if rate <= 0 else rate + (sample - rate) // 4
-    if level <= low:
-        return rate, now
-    if rate > 0:
-        return rate, now + min((level - low) * _DAY * _RATE_FRAC // rate, _FAR)
-    return rate, now + _FAR
-
-
-def slot_status(app, sl):
-    now = app.clock.wall()
-    if not now:
-        return None
-    rec = sl.rec
-    level = sl.level
-    rate, expected = estimate(
-        rec.get("rate", 0),
-        rec.get("rl", level) - level,
-        now - rec.get("rw", now),
-        level,
-        sl.cfg["low"],
-        now,
-    )
-    up = app.up()
-    last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
-    body = slot_status_body(level, sl.cfg["sensor"]["capacity"], level, last_use, expected)
-    ans, failed = _answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=(200, 201, 202, 204))
-    if failed:
-        return failed
-    rec["rl"] = level
-    rec["rw"] = now
-    rec["rate"] = rate
-    rec["lu"] = last_use
-    sl.report_up = up
-    app.log(
-        "slot-status",
-        slot=sl.id,
-        remaining=level,
-        per_day=rate // _RATE_FRAC,
-        expected=iso8601(expected),
-    )
     app.persist()
     return None

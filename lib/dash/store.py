@@ -28,13 +28,17 @@ class Store:
 
     def load(self, name):
         """The record as a dict, or None when it is missing or corrupt."""
+        path = self._path(name)
         try:
-            with open(self._path(name), "rb") as f:
-                raw = f.read(_MAX + 1)
+            size = os.stat(path)[6]
+            if size > _MAX:
+                return None  # not ours
+            with open(path, "rb") as f:
+                raw = f.read(size)  # no buffer bigger than the record
         except OSError:
             return None
         cut = raw.rfind(b"\n#")
-        if cut < 0 or len(raw) > _MAX:
+        if cut < 0:
             return None
         body = raw[:cut]
         try:

@@ -1,6 +1,6 @@
 import json
 
-from dash import drs, duties, lwa, result
+from dash import drs, duties, lwa, reports, result
 
 
 def test_replenish_answers():
@@ -101,34 +101,34 @@ def _order(*statuses, iid="e1"):
 
 
 def test_order_info_answers():
-    assert duties.parse_order_status(_order("Pending"), "e1") == duties.O_OPEN
-    assert duties.parse_order_status(_order("Processing"), "e1") == duties.O_OPEN
-    assert duties.parse_order_status(_order("SomethingNew"), "e1") == duties.O_OPEN
-    assert duties.parse_order_status(_order("Cancelled"), "e1") == duties.O_CANCELLED
-    assert duties.parse_order_status(_order("Delivered"), "e1") == duties.O_DONE
-    assert duties.parse_order_status(_order("Delivered", "Cancelled"), "e1") == duties.O_DONE
-    assert duties.parse_order_status(_order("Cancelled", "Shipped"), "e1") == duties.O_OPEN
-    assert duties.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
+    assert reports.parse_order_status(_order("Pending"), "e1") == reports.O_OPEN
+    assert reports.parse_order_status(_order("Processing"), "e1") == reports.O_OPEN
+    assert reports.parse_order_status(_order("SomethingNew"), "e1") == reports.O_OPEN
+    assert reports.parse_order_status(_order("Cancelled"), "e1") == reports.O_CANCELLED
+    assert reports.parse_order_status(_order("Delivered"), "e1") == reports.O_DONE
+    assert reports.parse_order_status(_order("Delivered", "Cancelled"), "e1") == reports.O_DONE
+    assert reports.parse_order_status(_order("Cancelled", "Shipped"), "e1") == reports.O_OPEN
+    assert reports.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
     for junk in (b"", b"{}", b'{"orderInfoData": 5}'):
-        assert duties.parse_order_status(junk, "e1") is None
+        assert reports.parse_order_status(junk, "e1") is None
 
 
 def test_event_ids_that_cannot_go_into_a_url_are_not_looked_up():
     assert (
-        duties.order_info_path("amzn1.dash.v2.o.ro.1-2") == "/getOrderInfo/amzn1.dash.v2.o.ro.1-2"
+        reports.order_info_path("amzn1.dash.v2.o.ro.1-2") == "/getOrderInfo/amzn1.dash.v2.o.ro.1-2"
     )
-    assert duties.order_info_path("a/../b") is None and duties.order_info_path("a b") is None
+    assert reports.order_info_path("a/../b") is None and reports.order_info_path("a b") is None
 
 
 def test_dates_and_report_bodies():
-    assert duties.iso8601(0) == "1970-01-01T00:00:00Z"
-    assert duties.iso8601(951782400) == "2000-02-29T00:00:00Z"
-    assert duties.iso8601(1790000000) == "2026-09-21T14:13:20Z"
-    assert duties.iso8601(4102444799) == "2099-12-31T23:59:59Z"
-    assert json.loads(duties.device_status_body(0)) == {
+    assert reports.iso8601(0) == "1970-01-01T00:00:00Z"
+    assert reports.iso8601(951782400) == "2000-02-29T00:00:00Z"
+    assert reports.iso8601(1790000000) == "2026-09-21T14:13:20Z"
+    assert reports.iso8601(4102444799) == "2099-12-31T23:59:59Z"
+    assert json.loads(reports.device_status_body(0)) == {
         "mostRecentlyActiveDate": "1970-01-01T00:00:00Z"
     }
-    body = json.loads(duties.slot_status_body(35, 100, 35, 0, 86400))
+    body = json.loads(reports.slot_status_body(35, 100, 35, 0, 86400))
     assert body == {
         "expectedReplenishmentDate": "1970-01-02T00:00:00Z",
         "remainingQuantityInUnit": 35,
