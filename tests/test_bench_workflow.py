@@ -112,6 +112,24 @@ def test_the_whole_bench_workflow(board, emulator, certs, tmp_path):
     assert "registered: no" in dashctl(board, "status").stdout
 
 
+def app_file(board):
+    """Where the board imports the firmware from."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpremote",
+            "connect",
+            board.port,
+            "exec",
+            "import dash.app; print(dash.app.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+
+
 def test_deploy_as_romfs_runs_from_rom(board, emulator, certs, tmp_path):
     dashctl(board, "deploy")
     out = dashctl(board, "deploy", "--romfs").stdout
@@ -123,38 +141,12 @@ def test_deploy_as_romfs_runs_from_rom(board, emulator, certs, tmp_path):
     dashctl(board, "restart")
     st = json.loads(dashctl(board, "status", "--json").stdout)
     assert st["registered"] is False and st["state"] in ("warmup", "monitor")
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpremote",
-            "connect",
-            board.port,
-            "exec",
-            "import dash.app; print(dash.app.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    where = app_file(board)
     assert where.strip().startswith("/rom/")
     # Back to .mpy files: the image must go, or it would keep shadowing them.
     back = dashctl(board, "deploy").stdout
     assert "removed the ROMFS image" in back and "copied lib/dash/app.mpy" in back
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpremote",
-            "connect",
-            board.port,
-            "exec",
-            "import dash.app; print(dash.app.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    where = app_file(board)
     assert where.strip().startswith("lib/") or where.strip().startswith("/lib/")
     # And the ROMFS marker follows what the partition holds, not what was sent last time.
     assert "ROMFS image deployed" in dashctl(board, "deploy", "--romfs").stdout
