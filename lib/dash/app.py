@@ -378,124 +378,13 @@ class App:
     # -- ordering -------------------------------------------------------------------------
 
     def order(self, sl):
-        rec = sl.rec
-        cfg = self.cfg
-        try:
-            outcome, eid, code, reason, retry_after = self._replenish(sl)
-        except Exception as e:  # noqa: BLE001 - a bug or MemoryError must not stop the device
-            rec["unc"] = 1
-            outcome, eid, code, reason, retry_after = (
-                result.TRANSIENT,
-                None,
-                None,
-                _describe(e),
-                None,
-            )
-        rec["fl"] = 0
-        if sl.fsm.state != fsm.ORDERING:
-            self.persist()  # the registration or the credentials went away: suspended
-            return
-        if outcome == result.OK or (outcome == result.INPROGRESS and rec.get("unc")):
-            test = code == "TEST_ORDER_PLACED"
-            rec["ev"] = eid
-            rec["dc"] = code
-            rec["ot"] = self.clock.wall()
-            rec["att"] = 0
-            rec["test"] = 1 if test else 0
-            rec.pop("oc", None)
-            rec.pop("od", None)
-            sl.deadline = -1
-            sl.check_at = self._up_s + cfg["order_check_s"]
-            if outcome == result.OK:
-                sl.orders += 1
-                self.log(
-                    "order-placed", slot=sl.id, event_instance_id=eid, detail_code=code, test=test
-                )
-            else:
-                self.log(
-                    "order-recovered",
-                    slot=sl.id,
-                    event_instance_id=eid,
-                    detail_code=code,
-                    note="an earlier request of this episode may have placed it",
-                )
-            self.transition(sl, fsm.E_PLACED)
-        elif outcome == result.INPROGRESS:
-            backoff = cfg["inprogress_backoff_s"]
-            backoff += self.rand() % (backoff // 10 + 1)
-            sl.deadline = self._up_s + backoff
-            rec["att"] = 0
-            self.log("order-inprogress", slot=sl.id, event_instance_id=eid, backoff_s=backoff)
-            self.transition(sl, fsm.E_INPROGRESS)
-        elif outcome == result.UNSUBSCRIBED:
-            sl.reason = "no subscription for this slot"
-            self.log("slot-unsubscribed", slot=sl.id, action="no order until subscribed")
-            self.transition(sl, fsm.E_UNSUB)
-        elif outcome == result.SUSPEND:
-            self.suspend(sl, fsm.K_SLOT, reason)
-        else:
-            if outcome == result.UNKNOWN:
-                rec["unc"] = 1
-            from dash.backoff import parse_retry_after, retry_delay_s
-
-            att = rec.get("att", 0)
-            delay = retry_delay_s(
-                att,
-                cfg["retry_base_s"],
-                cfg["retry_cap_s"],
-                self.rand(),
-                parse_retry_after(retry_after),
-            )
-            rec["att"] = att + 1
-            sl.deadline = self._up_s + delay
-            self.log(
-                "order-failed",
-                slot=sl.id,
-                reason=reason,
-                detail_code=code,
-                retry_in_s=delay,
-                attempt=att + 1,
-            )
-            self.transition(sl, fsm.E_RETRY)
-
-    def _replenish(self, sl):
-        """(outcome, eventInstanceId, detailCode, reason, Retry-After) of one order attempt:
-        registration and an up-to-date subscription first, the intent on flash, Replenish."""
-        from dash import drs
-
-        rec = sl.rec
-        if not self.tokens.registered:
-            self.suspend(sl, fsm.K_REG, "not registered: register the device to let it order")
-            return result.SUSPEND, None, None, "", None
-        subs = self.state.get("sub")
-        if self._subscriptions_stale() or not subs or sl.id not in subs:
-            # Never order on a subscription the customer may have just changed.
-            failed = _lib("duties").fetch_subscriptions(self)
-            _drop("duties")
-            if failed:
-                return result.TRANSIENT, None, None, failed[1], failed[2]
-            subs = self.state["sub"]
-            if sl.fsm.state != fsm.ORDERING:
-                return result.SUSPEND, None, None, "", None  # the answer did not list it
-        if subs.get(sl.id) != 1:
-            return result.UNSUBSCRIBED, None, None, "", None
-        rec["fl"] = 1
-        self.persist()  # the intent is on flash before anything leaves the device
-        self.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
-        ans, fail = self.call(drs.REPLENISH, drs.replenish_path(sl.id))
-        if fail:
-            if fail[2]:
-                rec["unc"] = 1  # the request may have been acted on
-            return fail[0], None, None, fail[1], fail[3]
-        status, body, hdrs = ans
-        outcome, eid, dc, reason = drs.classify(status, body)
-        if status >= 500:
-            rec["unc"] = 1
-        return outcome, eid, dc, reason, hdrs.get("retry-after")
+        """Place this slot's order now (see `ordering`, loaded for it and dropped again)."""
+        _lib("ordering").order(self, sl)
+        _drop("ordering")
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------
 
-    def _subscriptions_stale(self):
+    def subscriptions_stale(self):
         if self.sub_dirty or self.sub_at < 0:
             return True
         return self._up_s - self.sub_at >= self.cfg["subscription_check_s"]
@@ -509,7 +398,7 @@ class App:
         if up >= self.duty_at:
             if self.verify_reg:
                 return 1  # duties.D_VERIFY
-            if self._subscriptions_stale():
+            if self.subscriptions_stale():
                 return 2  # duties.D_SUBS
             if 0 <= self.ds_up <= up:
                 return 3  # duties.D_DEVICE

@@ -1,0 +1,123 @@
+"""Placing one slot's order: registration and subscription first, the intent on flash,
+Replenish, and what each answer means for the slot's state machine. Loaded by the
+application when a slot decides to order, and dropped again.
+"""
+
+from dash import fsm, result
+from dash.app import _describe, _drop, _lib
+
+
+def order(app, sl):
+    rec = sl.rec
+    cfg = app.cfg
+    try:
+        outcome, eid, code, reason, retry_after = _replenish(app, sl)
+    except Exception as e:  # noqa: BLE001 - a bug or MemoryError must not stop the device
+        rec["unc"] = 1
+        outcome, eid, code, reason, retry_after = (
+            result.TRANSIENT,
+            None,
+            None,
+            _describe(e),
+            None,
+        )
+    rec["fl"] = 0
+    if sl.fsm.state != fsm.ORDERING:
+        app.persist()  # the registration or the credentials went away: suspended
+        return
+    if outcome == result.OK or (outcome == result.INPROGRESS and rec.get("unc")):
+        test = code == "TEST_ORDER_PLACED"
+        rec["ev"] = eid
+        rec["dc"] = code
+        rec["ot"] = app.clock.wall()
+        rec["att"] = 0
+        rec["test"] = 1 if test else 0
+        rec.pop("oc", None)
+        rec.pop("od", None)
+        sl.deadline = -1
+        sl.check_at = app.up() + cfg["order_check_s"]
+        if outcome == result.OK:
+            sl.orders += 1
+            app.log("order-placed", slot=sl.id, event_instance_id=eid, detail_code=code, test=test)
+        else:
+            app.log(
+                "order-recovered",
+                slot=sl.id,
+                event_instance_id=eid,
+                detail_code=code,
+                note="an earlier request of this episode may have placed it",
+            )
+        app.transition(sl, fsm.E_PLACED)
+    elif outcome == result.INPROGRESS:
+        backoff = cfg["inprogress_backoff_s"]
+        backoff += app.rand() % (backoff // 10 + 1)
+        sl.deadline = app.up() + backoff
+        rec["att"] = 0
+        app.log("order-inprogress", slot=sl.id, event_instance_id=eid, backoff_s=backoff)
+        app.transition(sl, fsm.E_INPROGRESS)
+    elif outcome == result.UNSUBSCRIBED:
+        sl.reason = "no subscription for this slot"
+        app.log("slot-unsubscribed", slot=sl.id, action="no order until subscribed")
+        app.transition(sl, fsm.E_UNSUB)
+    elif outcome == result.SUSPEND:
+        app.suspend(sl, fsm.K_SLOT, reason)
+    else:
+        if outcome == result.UNKNOWN:
+            rec["unc"] = 1
+        from dash.backoff import parse_retry_after, retry_delay_s
+
+        att = rec.get("att", 0)
+        delay = retry_delay_s(
+            att,
+            cfg["retry_base_s"],
+            cfg["retry_cap_s"],
+            app.rand(),
+            parse_retry_after(retry_after),
+        )
+        rec["att"] = att + 1
+        sl.deadline = app.up() + delay
+        app.log(
+            "order-failed",
+            slot=sl.id,
+            reason=reason,
+            detail_code=code,
+            retry_in_s=delay,
+            attempt=att + 1,
+        )
+        app.transition(sl, fsm.E_RETRY)
+
+
+def _replenish(app, sl):
+    """(outcome, eventInstanceId, detailCode, reason, Retry-After) of one order attempt:
+    registration and an up-to-date subscription first, the intent on flash, Replenish."""
+    from dash import drs
+
+    rec = sl.rec
+    if not app.tokens.registered:
+        app.suspend(sl, fsm.K_REG, "not registered: register the device to let it order")
+        return result.SUSPEND, None, None, "", None
+    subs = app.state.get("sub")
+    if app.subscriptions_stale() or not subs or sl.id not in subs:
+        # Never order on a subscription the customer may have just changed.
+        failed = _lib("duties").fetch_subscriptions(app)
+        _drop("duties")
+        if failed:
+            return result.TRANSIENT, None, None, failed[1], failed[2]
+        subs = app.state["sub"]
+        if sl.fsm.state != fsm.ORDERING:
+            return result.SUSPEND, None, None, "", None  # the answer did not list it
+    if subs.get(sl.id) != 1:
+        return result.UNSUBSCRIBED, None, None, "", None
+    rec["fl"] = 1
+    app.persist()  # the intent is on flash before anything leaves the device
+    app.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
+    ans, fail = app.call(drs.REPLENISH, drs.replenish_path(sl.id))
+    if fail:
+        if fail[2]:
+            rec["unc"] = 1  # the request may have been acted on
+        return fail[0], None, None, fail[1], fail[3]
+    status, body, hdrs = ans
+    outcome, eid, dc, reason = drs.classify(status, body)
+    if status >= 500:
+        rec["unc"] = 1
+    return outcome, eid, dc, reason, hdrs.get("retry-after")
