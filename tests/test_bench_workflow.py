@@ -31,7 +31,7 @@ def board(tmp_path):
         yield b
 
 
-def dashctl(board, *args, ok=True):
+def dashctl(board, *args, ok=True, stdin=None):
     p = subprocess.run(
         [
             sys.executable,
@@ -42,6 +42,7 @@ def dashctl(board, *args, ok=True):
             "60",
             *args,
         ],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=180,
@@ -203,20 +204,12 @@ def test_mip_installs_the_package(board):
 def test_provision_asks_for_the_secrets(board, emulator, certs, tmp_path):
     dashctl(board, "deploy")
     cfg, _ = provision_files(tmp_path, emulator)
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "dashctl.py"),
-            "-p",
-            board.port,
-            "provision",
-            "--config",
-            str(cfg),
-        ],
-        input="%s\n%s\nhome-net\nwifi-pass\n" % (CLIENT_ID, CLIENT_SECRET),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    p = dashctl(
+        board,
+        "provision",
+        "--config",
+        str(cfg),
+        stdin="%s\n%s\nhome-net\nwifi-pass\n" % (CLIENT_ID, CLIENT_SECRET),
     )
     assert p.returncode == 0, p.stdout + p.stderr
     sec = json.loads((board.flash / "secrets.json").read_text())

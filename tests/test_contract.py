@@ -566,29 +566,35 @@ def test_order_info_for_an_id_drs_does_not_know_stops_asking(make_device, emulat
     assert dev.status()["state"] == "ordered" and len(emulator.orders) == 1
 
 
-def test_bring_up_commands_at_the_repl(make_device, emulator):
-    """What `mpremote exec "from dash import bench; ..."` runs on a board, on the unix port
-    with the real clock: challenge, register, status, deregister."""
+def bench_repl(dev, code):
+    """What `mpremote exec "from dash import bench; bench.<code>"` runs on a board, here in
+    the unix port in the device's directory; its JSON answer."""
     import os
     import subprocess
 
     from conftest import REPO
     from devicectl import MICROPYTHON
 
+    p = subprocess.run(
+        [MICROPYTHON, "-c", "from dash import bench; bench." + code],
+        cwd=dev.root,
+        env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_bring_up_commands_at_the_repl(make_device, emulator):
+    """What `mpremote exec "from dash import bench; ..."` runs on a board, on the unix port
+    with the real clock: challenge, register, status, deregister."""
     dev = make_device(refresh_token="-", client_secret="", config={"redirect_uri": REDIRECT})
     dev.write_json("secrets.json", {"client_id": CLIENT_ID})
 
     def repl(code):
-        p = subprocess.run(
-            [MICROPYTHON, "-c", "from dash import bench; bench." + code],
-            cwd=dev.root,
-            env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert p.returncode == 0, p.stdout + p.stderr
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        return bench_repl(dev, code)
 
     assert repl("status()")["registered"] is False
     ch = repl("challenge()")["code_challenge"]
@@ -604,26 +610,11 @@ def test_bring_up_commands_at_the_repl(make_device, emulator):
 
 
 def test_test_order_and_factory_reset_at_the_repl(make_device, emulator):
-    import os
-    import subprocess
-
-    from conftest import REPO
-    from devicectl import MICROPYTHON
-
     emulator.is_test_device = True
     dev = make_device(config={"test_device": False})
 
     def repl(code):
-        p = subprocess.run(
-            [MICROPYTHON, "-c", "from dash import bench; bench." + code],
-            cwd=dev.root,
-            env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert p.returncode == 0, p.stdout + p.stderr
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        return bench_repl(dev, code)
 
     refused = repl("test_order('slot-a')")
     assert refused["ok"] is False and "test_device" in refused["reason"]

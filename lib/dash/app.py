@@ -30,6 +30,21 @@ _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in part
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
 _OPEN_STATES = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)
+# The periodic calls, by the number `_duty()` answers (0: none): module and function, each
+# called with the app and the slot it is for (`_due_slot`, for 4 and 5).
+_DUTIES = (
+    ("", ""),  # 0: nothing due
+    ("duties", "verify_registration"),  # a relayed DeviceDeregistered: is it true?
+    ("duties", "fetch_subscriptions"),
+    ("reports", "device_status"),
+    ("reports", "order_info"),
+    ("reports", "slot_status"),
+)
+_D_VERIFY = const(1)
+_D_SUBS = const(2)
+_D_DEVICE = const(3)
+_D_ORDER = const(4)  # from here on, a slot's call
+_D_SLOT = const(5)
 
 
 def _lib(name):
@@ -188,11 +203,9 @@ class App:
         if not ordered:
             duty = self._duty()
             if duty:
-                # 1-2: duties (registration, subscriptions); 3-5: reports. One at a time in
-                # RAM, and neither while the device only samples.
-                name = "duties" if duty <= 2 else "reports"
+                name, fn = _DUTIES[duty]
                 try:
-                    failed = _lib(name).run(self, duty, self._due_slot)
+                    failed = getattr(_lib(name), fn)(self, self._due_slot)
                 except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
                     failed = (result.TRANSIENT, _describe(e), None)
                 _drop(name)
@@ -202,7 +215,7 @@ class App:
 
     def _duty_done(self, duty, sl, failed):
         """Back off after a failed periodic call: per slot for a slot's, else device-wide."""
-        owner = sl if duty >= 4 else self
+        owner = sl if duty >= _D_ORDER else self
         if not failed:
             owner.duty_att = 0
             return
@@ -218,7 +231,7 @@ class App:
         )
         owner.duty_att += 1
         owner.duty_at = self._up_s + delay
-        if duty >= 4:
+        if duty >= _D_ORDER:
             self.log("duty-failed", slot=sl.id, reason=failed[1], retry_in_s=delay)
         else:
             self.log("duty-failed", reason=failed[1], retry_in_s=delay)
@@ -397,11 +410,11 @@ class App:
         up = self._up_s
         if up >= self.duty_at:
             if self.verify_reg:
-                return 1  # duties.D_VERIFY
+                return _D_VERIFY
             if self.subscriptions_stale():
-                return 2  # duties.D_SUBS
+                return _D_SUBS
             if 0 <= self.ds_up <= up:
-                return 3  # duties.D_DEVICE
+                return _D_DEVICE
             if self.ds_up < 0 and up >= self.wall_retry:
                 # No clock at boot: look for one every ten minutes (NTP may have come).
                 now = self.clock.wall()
@@ -414,9 +427,9 @@ class App:
                 continue
             self._due_slot = sl
             if self._order_check_due(sl):
-                return 4  # duties.D_ORDER
+                return _D_ORDER
             if self._slot_status_due(sl):
-                return 5  # duties.D_SLOT
+                return _D_SLOT
         self._due_slot = None
         return 0
 

@@ -9,26 +9,12 @@ for that) and imports this module only to make it, dropping it afterwards.
 
 import json
 
-from micropython import const
-
 from dash import fsm, result
 
 SUBSCRIPTION = (b"GET", b"DrsSubscriptionInfoInput@1.0", b"DrsSubscriptionInfoResult@1.0")
 
-# Which call is due (the application's `_duty()` answers with one of these).
-D_VERIFY = const(1)  # a relayed DeviceDeregistered: is the registration really gone?
-D_SUBS = const(2)
-D_DEVICE = const(3)  # these three are in `reports`
-D_ORDER = const(4)
-D_SLOT = const(5)
 
-
-def run(app, duty, sl):
-    """Make the due call. None, or (outcome, reason, Retry-After) when it failed."""
-    return verify_registration(app) if duty == D_VERIFY else fetch_subscriptions(app)
-
-
-def verify_registration(app):
+def verify_registration(app, sl=None):
     """After a relayed DeviceDeregistered: a refresh tells whether the registration is gone
     (invalid_grant, and `app.call` forgets every token) or the notice was an old one."""
     app.verify_reg = False
@@ -61,7 +47,7 @@ def parse_subscriptions(body, slot_ids):
     return out
 
 
-def fetch_subscriptions(app):
+def fetch_subscriptions(app, sl=None):
     """SubscriptionInfo into the cache. None on success, else (outcome, reason, retry-after)."""
     ans, failed = app.answer(SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if failed:

@@ -29,16 +29,6 @@ _RATE_FRAC = const(16)  # consumption rate per day is kept with 4 fraction bits
 _OK = (200, 201, 202, 204)
 
 
-def run(app, duty, sl):
-    """Make the due call (3 DeviceStatus, 4 GetOrderInfo, 5 SlotStatus). None, or
-    (outcome, reason, Retry-After) when it failed."""
-    if duty == 3:
-        return device_status(app)
-    if duty == 4:
-        return order_info(app, sl)
-    return slot_status(app, sl)
-
-
 def iso8601(t):
     """Unix seconds as 'YYYY-MM-DDTHH:MM:SSZ' (integer civil-from-days, no time module)."""
     days, s = divmod(t, 86400)
@@ -58,7 +48,7 @@ def device_status_body(now):
     return b'{"mostRecentlyActiveDate": "%s"}' % iso8601(now).encode()
 
 
-def device_status(app):
+def device_status(app, sl=None):
     now = app.clock.wall()
     if not now:
         app.wall_retry = app.up() + 600  # no clock yet: look again in ten minutes
