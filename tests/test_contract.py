@@ -629,6 +629,7 @@ def test_test_order_and_factory_reset_at_the_repl(make_device, emulator):
     assert set(gone) >= {"state.json", "tokens.json", "secrets.json"}
     assert (dev.root / "config.json").exists() and (dev.root / "ca.pem").exists()
     assert "Atzr|" not in flash_text(dev) and "test-secret" not in flash_text(dev)
+    assert "Atza|" not in flash_text(dev)  # nor the access token kept in RTC memory
 
 
 def test_a_subscription_taken_while_rebooting_is_seen(device, emulator):

@@ -16,6 +16,11 @@ def drain(dev, minutes=15):
     return dev.run(minutes * MIN)
 
 
+def record(path):
+    """A record the firmware wrote (flash or RTC memory): its JSON, without the checksum."""
+    return json.loads(path.read_bytes().rsplit(b"\n#", 1)[0])
+
+
 def replenishes(emu):
     return emu.requests_to("/replenish/")
 
@@ -104,11 +109,41 @@ def test_rotated_refresh_token_is_persisted_and_used_after_reboot(device, emulat
     assert all(r["status"] == 200 for r in emulator.requests_to("/auth/o2/token"))
 
 
+def test_power_cut_costs_the_access_token_not_the_registration(device, emulator):
+    drain(device)
+    emulator.mark_delivered("slot-a")
+    device.set_level(FULL)
+    device.run(10 * MIN)
+    device.kill()  # RTC memory goes with the power; flash keeps the refresh token
+    device.start()
+    device.run(10 * MIN)
+    st = drain(device)
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+    assert emulator.refresh_count == 2  # the access token had to be fetched again
+
+
+def test_idle_days_write_nothing_to_flash_unless_lwa_rotates_the_refresh_token(device, emulator):
+    emulator.rotate_refresh_tokens = False
+    device.run(24 * HOUR)  # settle: first token record, subscriptions, SlotStatus baseline
+    w0, r0 = device.status()["flash_writes"], emulator.refresh_count
+    d0 = len(emulator.device_status)
+    device.run(48 * HOUR)
+    assert device.status()["flash_writes"] == w0
+    assert emulator.refresh_count >= r0 + 2 and len(emulator.device_status) == d0 + 2
+    emulator.rotate_refresh_tokens = True
+    r1 = emulator.refresh_count
+    device.run(48 * HOUR)
+    # A rotated refresh token is always persisted before the access token is used.
+    assert device.status()["flash_writes"] - w0 == emulator.refresh_count - r1 >= 2
+
+
 def test_token_expiry_tracked_by_ticks_without_wall_clock(make_device, emulator):
     dev = make_device(wall=0).start()
     drain(dev)
     assert emulator.refresh_count == 1
-    assert not json.loads((dev.root / "tokens.json").read_bytes().rsplit(b"\n#", 1)[0])["at"]
+    # Without a wall clock the access token has no absolute expiry: nothing keeps it.
+    assert "at" not in record(dev.root / "tokens.json")
+    assert "at" not in record(dev.root / "rtc.bin")
     emulator.mark_delivered("slot-a")
     dev.set_level(FULL)
     dev.run(30 * MIN)

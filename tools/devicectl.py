@@ -158,10 +158,12 @@ class Device:
         self.proc = None
 
     def kill(self):
-        """A power cut: no goodbye, no flush of anything the firmware did not write itself."""
+        """A power cut: no goodbye, no flush of anything the firmware did not write itself, and
+        the RTC memory (a file on the unix port) is gone."""
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+        (self.root / "rtc.bin").unlink(missing_ok=True)
 
     def restart(self):
         self.stop()

@@ -91,13 +91,21 @@ class App:
     drs_url: tuple
     lwa_url: tuple
 
-    def __init__(self, root=".", clock=None, out=None):
+    def __init__(self, root=".", clock=None, out=None, rtc=None):
         if clock is None:
             from dash.platform import Clock
 
             clock = Clock()
+        if rtc is None:
+            from dash.platform import RtcMem
+
+            rtc = RtcMem(self._path("rtc.bin", root))
         self.root = root
         self.clock = clock
+        self.rtc = rtc
+        # Kept in RTC memory, not on flash: lost only with the power. DeviceStatus's last-sent
+        # time and the access token (with its expiry and the registration it belongs to).
+        self.warm: dict = {}
         self.out = out or print
         self.cfg: dict = {}
         self.slots = []
@@ -139,8 +147,16 @@ class App:
         _drop("start")
         return ok
 
-    def _path(self, name):
-        return name if name.startswith("/") else self.root + "/" + name
+    def _path(self, name, root=None):
+        return name if name.startswith("/") else (root or self.root) + "/" + name
+
+    def keep(self):
+        """Write `warm` to RTC memory (no flash wear). What does not fit is not kept."""
+        from dash.store import pack
+
+        if not self.rtc.write(pack(self.warm)[0]):
+            self.warm.pop("at", None)  # only costs a token refresh after a reboot
+            self.rtc.write(pack(self.warm)[0])
 
     def refingerprint(self):
         """Identify the provisioning a suspension is decided under (not the secrets)."""
@@ -421,7 +437,7 @@ class App:
                 if not now:
                     self.wall_retry = up + 600
                 else:
-                    self.ds_up = max(0, self.state.get("ds", 0) + _DAY - now)
+                    self.ds_up = max(0, self.warm["ds"] + _DAY - now)
         for sl in self.slots:
             if up < sl.duty_at:
                 continue

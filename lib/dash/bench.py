@@ -98,6 +98,9 @@ def factory_reset():
                 gone.append(path)
             except OSError:
                 pass
+    from dash.platform import RtcMem
+
+    RtcMem("rtc.bin").write(b"")  # the access token kept across reboots goes too
     out = {"ok": True, "removed": gone}
     print(json.dumps(out))
     return out

@@ -1,8 +1,10 @@
 """Login with Amazon tokens: expiry arithmetic, the refresh request and its answer.
 
-The refresh token may rotate: a new one is persisted (atomically, with the access token and
-its absolute expiry when the wall clock is known) before the access token is used, so a power
-cut can never leave the device holding only a token the server has already retired.
+The refresh token may rotate: a new one is persisted (atomically) before the access token is
+used, so a power cut can never leave the device holding only a token the server has already
+retired. The flash record holds the refresh token alone, so a refresh that does not rotate it
+writes nothing; the access token and its absolute expiry (when the wall clock is known) go to
+RTC memory, which keeps them across a reboot.
 """
 
 import json
@@ -96,8 +98,10 @@ def fresh(now, expiry, margin):
 class Tokens:
     """The device's tokens: restored from flash, refreshed on demand, persisted."""
 
-    def __init__(self, store, secrets, clock, margin_s):
+    def __init__(self, store, secrets, clock, margin_s, warm, keep):
         self.store = store
+        self.warm = warm  # the app's RTC-memory record, written with `keep()`
+        self.keep = keep
         self.clock = clock
         self.margin_s = margin_s
         self.client_id = secrets["client_id"]
@@ -114,11 +118,12 @@ class Tokens:
         if rec and rec.get("seed") == seed and isinstance(rec.get("rt"), str):
             # A rotated token descends from the provisioned one; a new provisioning wins.
             self.refresh = rec["rt"]
-            at, exp, now = rec.get("at"), rec.get("exp", 0), clock.wall()
-            if isinstance(at, str) and isinstance(exp, int) and now:
-                if fresh(now, exp, margin_s):
-                    self.access = at
-                    self._exp_wall = exp
+        at = warm.get("at")
+        if isinstance(at, str) and warm.get("rs") == crc32(self.refresh.encode()):
+            exp, now = warm.get("exp", 0), clock.wall()
+            if isinstance(exp, int) and now and fresh(now, exp, margin_s):
+                self.access = at
+                self._exp_wall = exp
 
     def valid(self):
         if self.access is None:
@@ -175,18 +180,24 @@ class Tokens:
         self._exp_wall = now + exp if now else 0
         if rt:
             self.refresh = rt
-        # Persist before use: a rotated refresh token lost now would strand the device.
-        self.store.save(
-            TOKENS,
-            {
-                "seed": self._seed,
-                "rt": self.refresh,
-                "at": at if now else None,
-                "exp": self._exp_wall,
-            },
-        )
+        # Persist before use: a rotated refresh token lost now would strand the device. Not
+        # rotated: the record is unchanged and the store writes nothing.
+        self.store.save(TOKENS, {"seed": self._seed, "rt": self.refresh})
         self.access = at
+        self._keep_access(at if now else None)
         return result.OK, ""
+
+    def _keep_access(self, at):
+        """The access token to RTC memory, with the refresh token it came from (by checksum)."""
+        warm = self.warm
+        if at:
+            warm["at"] = at
+            warm["exp"] = self._exp_wall
+            warm["rs"] = crc32(self.refresh.encode())
+        else:
+            for k in ("at", "exp", "rs"):
+                warm.pop(k, None)
+        self.keep()
 
     def wipe(self):
         """Forget every token (the caller also clears the provisioned one in secrets.json)."""
@@ -194,3 +205,4 @@ class Tokens:
         self.refresh = ""
         self._seed = seed_of("")
         self.store.remove(TOKENS)
+        self._keep_access(None)

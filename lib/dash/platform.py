@@ -1,6 +1,6 @@
 """The thin platform layer: the only module that knows whether it runs on an ESP32 or the
-unix port. Clock, sensor adapters and network bring-up live here; nothing else imports
-`machine` or `network`."""
+unix port. Clock, RTC memory, sensor adapters and network bring-up live here; nothing else
+imports `machine` or `network`."""
 
 import sys
 import time
@@ -25,6 +25,40 @@ class Clock:
         """Unix seconds, or 0 while the wall clock is unknown (before NTP on a board)."""
         t = int(time.time()) + _EPOCH
         return t if t >= _MIN_WALL else 0
+
+
+class RtcMem:
+    """Memory that survives a reset but not a power cut: what is worth keeping across a reboot
+    but not worth a flash write (ESP32: RTC slow memory, 2 KB). The unix port has none; there
+    a file stands in for it, and the simulator deletes that file to cut the power."""
+
+    def __init__(self, path):
+        self.path = path
+        self.size = 2048  # the ESP32 port's limit, kept on the unix port too
+
+    def read(self):
+        if ESP32:
+            import machine
+
+            return machine.RTC().memory()
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(self.size)
+        except OSError:
+            return b""
+
+    def write(self, data):
+        """False when `data` does not fit."""
+        if len(data) > self.size:
+            return False
+        if ESP32:
+            import machine
+
+            machine.RTC().memory(data)
+        else:
+            with open(self.path, "wb") as f:
+                f.write(data)
+        return True
 
 
 class FileSensor:

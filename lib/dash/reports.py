@@ -53,16 +53,16 @@ def device_status(app, sl=None):
     if not now:
         app.wall_retry = app.up() + 600  # no clock yet: look again in ten minutes
         return None
-    ds = app.state.get("ds", 0)
+    ds = app.warm["ds"]
     if now - ds < _DAY:  # the clock became known just now, and it is not due yet
         app.ds_up = app.up() + ds + _DAY - now
         return None
     ans, failed = app.answer(DEVICE_STATUS, "/deviceStatus", device_status_body(now), ok=_OK)
     if failed:
         return failed
-    app.state["ds"] = now
+    app.warm["ds"] = now
     app.ds_up = app.up() + _DAY
-    app.persist()
+    app.keep()
     app.log("device-status", sent=iso8601(now))
     return None
 

@@ -36,7 +36,7 @@ def status(app):
         "registered": ok and app.tokens.registered,
         "slots": slots,
         "token_expires_s": app.tokens.expires_in_s() if ok else -1,
-        "device_status_sent": app.state.get("ds", 0),
+        "device_status_sent": app.warm.get("ds", 0),
         "handshakes": app.https.handshakes if ok else 0,
         "flash_writes": app.store.writes if ok else 0,
         "flash_bytes": app.store.bytes if ok else 0,
@@ -67,7 +67,7 @@ def boot(app):
     from dash.https import Https
     from dash.platform import net_up, open_sensor
     from dash.signal import Signal
-    from dash.store import Store
+    from dash.store import Store, unpack
 
     app.cfg = cfg
     app.drs_url = drs_url
@@ -78,7 +78,8 @@ def boot(app):
     net_up(*app._wifi)
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
-    app.tokens = lwa.Tokens(app.store, sec, app.clock, cfg["token_margin_s"])
+    app.warm = unpack(app.rtc.read())[0] or {}
+    app.tokens = lwa.Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
     for sc in cfg["slots"]:
         s = sc["sensor"]
         if s["kind"] == "file":
@@ -100,7 +101,7 @@ def boot(app):
     restore(app)
     now = app.clock.wall()
     if now:
-        app.ds_up = max(0, app.state.get("ds", 0) + _DAY - now)
+        app.ds_up = max(0, app.warm["ds"] + _DAY - now)
         for sl in app.slots:
             rw = sl.rec.get("rw", 0)
             sl.report_up = rw - now if rw else 0
@@ -118,6 +119,12 @@ def restore(app):
         st = {"slots": {}}
     old = st["slots"]
     st["slots"] = {}  # slots no longer configured are forgotten
+    # DeviceStatus's last-sent time lives in RTC memory: a daily flash write for it would be
+    # the only one of an idle day. After a power cut it is unknown, so the next goes out at
+    # boot. (Older firmware kept it in state.json.)
+    ds = st.pop("ds", 0)
+    if not isinstance(app.warm.get("ds"), int):
+        app.warm["ds"] = ds if isinstance(ds, int) else 0
     app.state = st
     for sl in app.slots:
         rec = old.get(sl.id)

@@ -5,6 +5,8 @@ goes to `<name>.tmp`, is closed (durable on littlefs), then renamed over the rec
 littlefs commit), so a power cut leaves the old record or the new one, never a mix. A record
 that is missing, truncated or fails its checksum reads as None; the caller picks a safe default.
 A record identical to the last one written or read is not written again.
+
+`pack`/`unpack` are the same encoding for the RTC memory (`platform.RtcMem`).
 """
 
 import json
@@ -14,6 +16,32 @@ from binascii import crc32
 from micropython import const
 
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
+
+
+def pack(obj):
+    """(record bytes, CRC) of a dict."""
+    body = json.dumps(obj).encode()
+    crc = crc32(body)
+    return body + b"\n#%08x\n" % crc, crc
+
+
+def unpack(raw):
+    """(dict, CRC) from record bytes, or (None, 0) when truncated, corrupt or not ours."""
+    cut = raw.rfind(b"\n#")
+    if cut < 0:
+        return None, 0
+    body = raw[:cut]
+    try:
+        crc = int(raw[cut + 2 :].strip(), 16)
+    except ValueError:
+        return None, 0
+    if crc32(body) != crc:
+        return None, 0
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None, 0
+    return (obj, crc) if isinstance(obj, dict) else (None, 0)
 
 
 class Store:
@@ -37,40 +65,24 @@ class Store:
                 raw = f.read(size)  # no buffer bigger than the record
         except OSError:
             return None
-        cut = raw.rfind(b"\n#")
-        if cut < 0:
-            return None
-        body = raw[:cut]
-        try:
-            crc = int(raw[cut + 2 :].strip(), 16)
-        except ValueError:
-            return None
-        if crc32(body) != crc:
-            return None
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict):
-            return None
-        self._crc[name] = crc
+        obj, crc = unpack(raw)
+        if obj is not None:
+            self._crc[name] = crc
         return obj
 
     def save(self, name, obj):
         """Write atomically unless unchanged. Returns True when it wrote."""
-        body = json.dumps(obj).encode()
-        crc = crc32(body)
+        raw, crc = pack(obj)
         if self._crc.get(name) == crc:
             return False
         path = self._path(name)
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(body)
-            f.write(b"\n#%08x\n" % crc)
+            f.write(raw)
         os.rename(tmp, path)
         self._crc[name] = crc
         self.writes += 1
-        self.bytes += len(body) + 11
+        self.bytes += len(raw)
         return True
 
     def remove(self, name):

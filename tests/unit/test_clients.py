@@ -155,7 +155,7 @@ def test_code_exchange_bodies():
         def load(self, name):
             return None
 
-    tok = lwa.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60)
+    tok = lwa.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60, {}, None)
     assert not tok.registered
     t = T()
     from dash import provision
