@@ -1,5 +1,6 @@
 """The platform layer's ESP32 paths, with fakes of the parts that cannot exist here: the ADC
-pin and the Wi-Fi radio (only these two are faked; everything else is the real module)."""
+pin, the RTC memory and the Wi-Fi radio (only these are faked; everything else is the real
+module)."""
 
 import sys
 
@@ -30,8 +31,19 @@ def _fake_machine(values):
         def __init__(self, n):
             self.n = n
 
+    class RTC:
+        mem = b""  # one RTC memory per board, whichever RTC object reads it
+
+        def memory(self, data=None):
+            if data is None:
+                return RTC.mem
+            if len(data) > 2048:
+                raise ValueError("buffer too long")
+            RTC.mem = bytes(data)
+
     m.ADC = ADC
     m.Pin = Pin
+    m.RTC = RTC
     return m
 
 
@@ -87,6 +99,39 @@ def test_adc_sensor_reads_the_configured_pin_at_full_range():
     s = _with({"machine": m}, lambda: platform.open_sensor({"kind": "adc", "pin": 34}))
     assert m.calls == [("adc", 34), ("atten", 3)]
     assert s.read() == 1234 and s.read() == 65535
+
+
+def test_rtc_memory_on_esp32_holds_up_to_2_kb():
+    def go():
+        rtc = platform.RtcMem("unused on a board")
+        assert rtc.read() == b""
+        assert rtc.write(b"abc") and platform.RtcMem("").read() == b"abc"
+        assert not rtc.write(b"x" * 2049) and rtc.read() == b"abc"
+
+    _with({"machine": _fake_machine([])}, go)
+
+
+def test_rtc_memory_on_the_unix_port_is_a_file_and_keep_drops_what_does_not_fit():
+    import os
+
+    from dash.app import App
+    from dash.store import unpack
+
+    path = "/tmp/dash-unit-rtc.bin"
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    rtc = platform.RtcMem(path)
+    assert rtc.read() == b""
+    app = App("/tmp", rtc=rtc)
+    app.warm.update(ds=1790000000, at="Atza|" + "a" * 400)
+    app.keep()
+    assert unpack(rtc.read())[0] == app.warm
+    app.warm["at"] = "Atza|" + "a" * 2100  # larger than RTC memory: the token is not kept
+    app.keep()
+    assert unpack(rtc.read())[0] == {"ds": 1790000000} == app.warm
+    os.remove(path)
 
 
 def test_unix_port_needs_no_network_bring_up():
