@@ -12,6 +12,8 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   cycle [cold]     step until an order is placed; the real time, TLS handshakes and flash
                    writes of the step that placed it ("cold": the access token expired first)
   meminfo    the heap after a collection: free bytes and the largest free block
+  hog KB     keep KB of heap taken, in small pieces (as the maker's own code would): less
+             room for the firmware from here on
   steady N   N steps with each sensor holding its reading: bytes left allocated, then the
              same N steps under micropython.heap_lock() (any allocation fails them)
   exit
@@ -79,6 +81,7 @@ def main():
     ok = app.boot()
     print("@boot " + json.dumps({"ok": ok, "romfs_heap": ROMFS_HEAP}))
     clock.due = 0
+    hog = []
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -119,6 +122,12 @@ def main():
             import vbench
 
             print("@meminfo " + json.dumps(vbench.meminfo()))
+        elif cmd[0] == "hog" and len(cmd) == 2:
+            import gc
+
+            hog.extend(bytearray(480) for _ in range(int(cmd[1]) * 2))
+            gc.collect()
+            print("@hog " + json.dumps({"free": gc.mem_free()}))
         elif cmd[0] == "exit":
             break
         else:

@@ -2,9 +2,13 @@
 
 Why our own: micropython-lib `requests` sets CERT_NONE and follows redirects carrying the
 Authorization header. Here the server certificate must chain to the configured trust store and
-name the host; every socket operation has a timeout; the response head must fit one
-preallocated buffer and the body a caller-given limit; sockets are closed on every path.
-This module reports what happened; it decides nothing (no retries, no redirects).
+name the host; every socket operation has a timeout; the response (head and body) is read into
+one buffer allocated at start-up, the body within a caller-given limit; sockets are closed on
+every path. This module reports what happened; it decides nothing (no retries, no redirects).
+
+The body comes back as a memoryview of that buffer, valid until the next request: parse it
+at once. Reading into a buffer that already exists means an answer never fails for want of
+memory after the server has acted on the request (LwA may have rotated the refresh token).
 """
 
 import socket
@@ -26,6 +30,11 @@ E_CA = const(8)  # trust store missing or unreadable
 ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
 
 _HEAD_MAX = const(2048)  # status line plus headers
+# Head and body together: the largest answer we take is LwA's, two tokens of up to 2 KB each.
+_BUF = const(6656)
+# Allocated when the module is imported (among the first things the firmware does), while the
+# heap is still in one piece; there is one connection at a time, so one buffer.
+_buf = bytearray(_BUF)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 
@@ -63,7 +72,7 @@ class Https:
         self.handshakes = 0  # TLS handshakes since boot, for tests and benchmarks
         self._ctx = None
         self._addr = {}
-        self._head = bytearray(_HEAD_MAX)
+        self._buf = _buf
 
     def _context(self):
         if self._ctx is None:
@@ -90,7 +99,7 @@ class Https:
         return ai
 
     def request(self, method, host, port, path, headers=b"", body=b"", max_body=1024):
-        """Send one request; return (status, body bytes, headers dict of the few we keep).
+        """Send one request; return (status, body, headers dict of the few we keep).
 
         `headers` are complete header lines (bytes, each ending CRLF). The answer's header
         names we keep: retry-after, content-type, location (values as bytes).
@@ -134,7 +143,7 @@ class Https:
             raw.close()
 
     def _response(self, s, max_body):
-        head = self._head
+        head = self._buf
         mv = memoryview(head)
         n = 0
         end = -1
@@ -142,7 +151,7 @@ class Https:
         while end < 0:
             if n >= _HEAD_MAX:
                 raise HttpError(E_TOOBIG, "head")
-            got = s.readinto(mv[n:])
+            got = s.readinto(mv[n:_HEAD_MAX])
             if not got:
                 raise HttpError(E_RESET, "head")
             n += got
@@ -181,13 +190,13 @@ class Https:
             elif name in (b"retry-after", b"content-type", b"location"):
                 kept[name.decode()] = value
             pos = eol + 2
-        extra = bytes(head[end + 4 : n])
+        start = end + 4
         if chunked:
-            body = _read_chunked(s, extra, max_body, deadline)
+            body = _read_chunked(s, bytes(head[start:n]), max_body, deadline)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, extra, length, max_body, deadline)
+            body = _read_body(s, mv[start:], n - start, length, max_body, deadline)
         return status, body, kept
 
 
@@ -200,24 +209,25 @@ def _check_deadline(deadline):
         raise HttpError(E_TIMEOUT, "slow")
 
 
-def _read_body(s, extra, length, max_body, deadline):
-    """Exactly `length` bytes, or until close when the server gave no length."""
-    want = length if length >= 0 else max_body + 1
-    body = bytearray(want)
-    have = min(len(extra), want)
-    body[:have] = extra[:have]
-    mv = memoryview(body)
+def _read_body(s, mv, have, length, max_body, deadline):
+    """Exactly `length` bytes, or until close when the server gave no length, into `mv` (which
+    holds the `have` bytes that came with the head)."""
+    want = length if length >= 0 else min(max_body + 1, len(mv))
+    if want > len(mv):
+        raise HttpError(E_TOOBIG, "body")
+    have = min(have, want)
     while have < want:
-        got = s.readinto(mv[have:])
+        got = s.readinto(mv[have:want])
         if not got:
             if length < 0:
-                return bytes(mv[:have])
+                break
             raise HttpError(E_RESET, "body")
         have += got
         _check_deadline(deadline)
-    if length < 0:
-        raise HttpError(E_TOOBIG, "body")
-    return body  # a bytearray: json.loads takes it, and no second copy is made
+    else:
+        if length < 0:
+            raise HttpError(E_TOOBIG, "body")
+    return mv[:have]
 
 
 def _read_chunked(s, data, max_body, deadline):

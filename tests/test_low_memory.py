@@ -1,0 +1,52 @@
+"""Running out of heap. With less and less room left after start-up (taken by the maker's own
+code, say), an order cycle fails cleanly and is tried again later: it never costs the
+registration (a rotated refresh token lost after LwA handed it out) and never orders twice.
+The real firmware as `.mpy` under the real `micropython`, against the emulator (which rotates
+refresh tokens on every refresh)."""
+
+import pytest
+from conftest import REPO
+from drs_emulator import Emulator
+
+import bench
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return bench.build(tmp_path_factory.mktemp("lowmem"))
+
+
+def test_running_out_of_heap_never_costs_the_registration_or_a_duplicate_order(
+    art, certs, tmp_path
+):
+    heap = 112
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=(bench.SLOT,),
+        client_id=bench.CLIENT_ID,
+        client_secret=bench.CLIENT_SECRET,
+    ) as emu:
+        b = bench.Bench(emu, certs, art, tmp_path)
+        outcomes = set()
+        for hog in range(20, 62, 2):
+            dev = b.device("mpy", heap)
+            n0 = len(emu.orders)
+            dev.set_level(bench.LOW)
+            dev.start()
+            try:
+                dev.command("hog", str(hog))
+                st = dev.run(3 * 3600)  # what failed backs off and is tried again
+                outcomes.add(st["state"])
+            except (RuntimeError, TimeoutError):
+                outcomes.add("ended")  # too little heap to go on at all
+            dev.stop()
+            dev.heap_kb = None  # the same flash, now with room to spare
+            dev.start()
+            st = dev.run(3600)
+            dev.stop()
+            assert st["registered"], "registration lost with %d KB taken" % hog
+            assert st["state"] == "ordered", "with %d KB taken: %r" % (hog, st)
+            n = len(emu.orders) - n0
+            assert n == 1, "with %d KB taken: %d orders" % (hog, n)
+        # The sweep spans a heap roomy enough to order and one too tight to go on.
+        assert "ordered" in outcomes and len(outcomes) > 1, outcomes
