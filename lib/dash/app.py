@@ -143,14 +143,7 @@ class App:
 
     def boot(self):
         """Load config and persisted state. Returns False (and idles) when config is bad."""
-        config = _lib("config")
-        cfg, sec, errors = config.load(self.root)
-        urls: tuple = ()
-        if not errors:
-            urls = (config.parse_url(cfg["drs_url"]), config.parse_url(cfg["lwa_url"]))
-        del config
-        _drop("config")  # the biggest module we have: never in the heap with start-up's
-        ok = _lib("start").boot(self, cfg, sec, errors, urls)
+        ok = _lib("start").boot(self)
         _drop("start")
         return ok
 

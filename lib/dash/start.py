@@ -5,7 +5,7 @@ maker sees. Run once at boot (or on request) and dropped again, so none of it is
 from micropython import const
 
 from dash import fsm
-from dash.app import STATE, Slot
+from dash.app import STATE, Slot, _drop, _lib
 
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
@@ -48,15 +48,21 @@ def status(app):
     return out
 
 
-def boot(app, cfg, sec, errors, urls):
-    """Start on a checked config (`errors` when it is bad: then idle) and restore the persisted
-    state. Returns False when idling."""
+def boot(app):
+    """Load config and persisted state. Returns False (and idles) when config is bad."""
+    config = _lib("config")
+    cfg, sec, errors = config.load(app.root)
     if errors:
         for e in errors:
             app.log("config-error", message=e)
         app.reason = "config"
         app.log("suspended", reason="config", hint="fix the files above, then reset")
+        _drop("config")
         return False
+    drs_url = config.parse_url(cfg["drs_url"])
+    lwa_url = config.parse_url(cfg["lwa_url"])
+    del config
+    _drop("config")  # its checks are done; its code is the biggest we have
     from dash import lwa
     from dash.https import Https
     from dash.platform import net_up, open_sensor
@@ -64,7 +70,8 @@ def boot(app, cfg, sec, errors, urls):
     from dash.store import Store, unpack
 
     app.cfg = cfg
-    app.drs_url, app.lwa_url = urls
+    app.drs_url = drs_url
+    app.lwa_url = lwa_url
     app._wifi = (sec["wifi_ssid"], sec["wifi_password"])
     # Join the network first: on a board that sets the clock, which the token and the
     # back-off deadlines on flash are kept against.
