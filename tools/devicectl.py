@@ -50,10 +50,14 @@ class Device:
         heap_kb=None,
         lib=None,
         env=None,
+        harness=None,
     ):
         self.heap_kb = heap_kb  # micropython -X heapsize=, as a board's smaller heap
         self.lib = lib or REPO / "lib"  # the device code: sources, or a tree of .mpy files
         self.extra_env = env or {}  # e.g. VDEVICE_ROMFS=image to run the code from ROMFS
+        # A directory with vdevice.mpy and vbench.mpy: the harness compiled, so that compiling
+        # it at start-up weighs nothing in heap measurements.
+        self.harness = harness
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.wall = wall
@@ -90,8 +94,12 @@ class Device:
         env = dict(os.environ, MICROPYPATH=str(self.lib), VDEVICE_WALL=str(wall))
         env.update(self.extra_env)
         heap = ["-X", "heapsize=%dK" % self.heap_kb] if self.heap_kb else []
+        main = [str(REPO / "tools" / "vdevice.py")]
+        if self.harness:
+            env["MICROPYPATH"] = "%s:%s" % (self.harness, self.lib)
+            main = ["-m", "vdevice"]
         self.proc = subprocess.Popen(
-            [MICROPYTHON, *heap, str(REPO / "tools" / "vdevice.py")],
+            [MICROPYTHON, *heap, *main],
             cwd=self.root,
             env=env,
             stdin=subprocess.PIPE,

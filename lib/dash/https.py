@@ -2,13 +2,14 @@
 
 Why our own: micropython-lib `requests` sets CERT_NONE and follows redirects carrying the
 Authorization header. Here the server certificate must chain to the configured trust store and
-name the host; every socket operation has a timeout; the response (head and body) is read into
-one buffer allocated at start-up, the body within a caller-given limit; sockets are closed on
-every path. This module reports what happened; it decides nothing (no retries, no redirects).
+name the host; every socket operation has a timeout; the response is read into one buffer
+allocated at start-up, the body within a caller-given limit; sockets are closed on every path.
+This module reports what happened; it decides nothing (no retries, no redirects).
 
-The body comes back as a memoryview of that buffer, valid until the next request: parse it
-at once. Reading into a buffer that already exists means an answer never fails for want of
-memory after the server has acted on the request (LwA may have rotated the refresh token).
+A body that fits in the buffer with the head (every DRS answer, and LwA's with tokens of the
+usual size) comes back as a memoryview of it, valid until the next request: parse it at once.
+Such an answer never fails for want of memory after the server has acted on the request (LwA
+may have rotated the refresh token). A bigger one is read into a buffer of its own.
 """
 
 import socket
@@ -29,12 +30,10 @@ E_TOOBIG = const(7)  # answer larger than allowed
 E_CA = const(8)  # trust store missing or unreadable
 ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
 
-_HEAD_MAX = const(2048)  # status line plus headers
-# Head and body together: the largest answer we take is LwA's, two tokens of up to 2 KB each.
-_BUF = const(6656)
+_HEAD_MAX = const(2048)  # status line plus headers; also the size of the buffer
 # Allocated when the module is imported (among the first things the firmware does), while the
 # heap is still in one piece; there is one connection at a time, so one buffer.
-_buf = bytearray(_BUF)
+_buf = bytearray(_HEAD_MAX)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 
@@ -211,11 +210,13 @@ def _check_deadline(deadline):
 
 def _read_body(s, mv, have, length, max_body, deadline):
     """Exactly `length` bytes, or until close when the server gave no length, into `mv` (which
-    holds the `have` bytes that came with the head)."""
-    want = length if length >= 0 else min(max_body + 1, len(mv))
-    if want > len(mv):
-        raise HttpError(E_TOOBIG, "body")
+    holds the `have` bytes that came with the head) or, when it is too small, a new buffer."""
+    want = length if length >= 0 else max_body + 1
     have = min(have, want)
+    if want > len(mv):
+        body = bytearray(want)
+        body[:have] = mv[:have]
+        mv = memoryview(body)
     while have < want:
         got = s.readinto(mv[have:want])
         if not got:
