@@ -6,8 +6,10 @@ runs, so there is never more than one TLS connection at a time. Everything that 
 reboot or a power cut is in `state.json` (see `persist`); it is written only when something
 changed, and the intent to order is written before the request leaves the device.
 
-Resident code is what sampling and ordering need. The config checks, the periodic calls and
-registration are imported when needed and dropped again (`_lib`, `_drop`).
+Resident code is what sampling needs. Start-up and the config checks, order placement, the
+periodic calls, registration, and the code of a DRS call (`link`, `drs`) and of the rarer
+turns of an episode (`episode`) are imported when needed and dropped again (`_lib`,
+`_drop_phase`).
 """
 
 import json
@@ -29,7 +31,6 @@ _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
-_OPEN_STATES = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)
 # The periodic calls, by the number `_duty()` answers (0: none): module and function, each
 # called with the app and the slot it is for (`_due_slot`, for 4 and 5).
 _DUTIES = (
@@ -60,6 +61,13 @@ def _drop(name):
     pkg = sys.modules.get("dash")
     if pkg is not None and hasattr(pkg, name):
         delattr(pkg, name)
+
+
+def _drop_phase(name):
+    """The end of an order, a periodic call or a provisioning step: drop its module and what
+    it may have loaded on the way."""
+    for n in (name, "link", "drs", "episode", "provision"):
+        _drop(n)
 
 
 class Slot:
@@ -116,7 +124,7 @@ class App:
         self._ms = 0
         self._last = clock.ticks_ms()
         self.state: dict = {"slots": {}}
-        self._wifi = ("", "")
+        self.wifi = ("", "")
         self.sub_at = -1  # uptime s of the last SubscriptionInfo; -1 = not this boot
         self.sub_dirty = False  # a SubscriptionChanged was relayed
         self.ds_up = -1  # uptime s when DeviceStatus is due; -1 = wall clock not known yet
@@ -154,9 +162,13 @@ class App:
         """Write `warm` to RTC memory (no flash wear). What does not fit is not kept."""
         from dash.store import pack
 
-        if not self.rtc.write(pack(self.warm)[0]):
-            self.warm.pop("at", None)  # only costs a token refresh after a reboot
-            self.rtc.write(pack(self.warm)[0])
+        try:
+            if self.rtc.write(pack(self.warm)[0]):
+                return
+        except MemoryError:
+            pass
+        self.warm.pop("at", None)  # only costs a token refresh after a reboot
+        self.rtc.write(pack(self.warm)[0])
 
     def refingerprint(self):
         """Identify the provisioning a suspension is decided under (not the secrets)."""
@@ -224,7 +236,7 @@ class App:
                     failed = getattr(_lib(name), fn)(self, self._due_slot)
                 except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
                     failed = (result.TRANSIENT, _describe(e), None)
-                _drop(name)
+                _drop_phase(name)
                 self._duty_done(duty, self._due_slot, failed)
                 self._due_slot = None
         return wait * 1000
@@ -303,113 +315,12 @@ class App:
         if new != old:
             self._changed(sl, old, new)
 
-    def suspend(self, sl, kind, reason):
-        rec = sl.rec
-        if sl.fsm.state != fsm.SUSPENDED:
-            rec["sp"] = sl.fsm.durable()  # what it was doing, for when it resumes
-        sl.reason = reason
-        rec["sk"] = kind
-        self.log("suspended", slot=sl.id, reason=reason)
-        self.transition(sl, fsm.E_SUSPEND)
-
-    @staticmethod
-    def unsuspend(rec):
-        for k in ("sk", "sr", "sf"):
-            rec.pop(k, None)
-        if rec.pop("sp", fsm.MONITOR) in _OPEN_STATES:
-            # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.
-            rec["unc"] = 1
-        return fsm.MONITOR
-
-    def resume(self, sl, why):
-        """Out of suspension: the slot starts its episode over, remembering an open order."""
-        self.unsuspend(sl.rec)
-        sl.reason = ""
-        self.log("resumed", slot=sl.id, reason=why)
-        self.transition(sl, fsm.E_REARM)
-
-    def cancelled(self, sl, source):
-        """The episode's order is cancelled: re-arm, so the customer is not left without."""
-        rec = sl.rec
-        self.log("order-cancelled", slot=sl.id, event_instance_id=rec.get("ev"), source=source)
-        rec["unc"] = 0  # the open order was ours and is gone: a new one is not a duplicate
-        rec.pop("oc", None)
-        rec.pop("od", None)
-        sl.check_at = -1
-        self.rearm(sl)
-
-    def rearm(self, sl):
-        """Back to monitoring, also from warm-up or a fault (where it goes once they end)."""
-        m = sl.fsm
-        if m.state == fsm.WARMUP or m.state == fsm.FAULT:
-            m.resume = fsm.MONITOR
-            self.persist()
-        else:
-            self.transition(sl, fsm.E_REARM)
-
-    # -- talking to DRS -------------------------------------------------------------------
-
-    def call(self, kind, path, body=b"", max_body=1024):
-        """One authorised DRS call: ((status, body, headers), None), or (None, (outcome,
-        reason, maybe_sent, retry-after)) when no answer came. Refreshes the access token
-        when needed and once more when DRS refuses it (400/401/403)."""
-        from dash import drs
-        from dash.https import E_TIMEOUT, ERROR_NAMES, HttpError
-        from dash.platform import net_up
-
-        if not net_up(*self._wifi):
-            return None, (result.TRANSIENT, "network: no Wi-Fi", False, None)
-        for again in (False, True):
-            try:
-                if not self.tokens.valid():
-                    outcome, reason = self.tokens.renew(self.https, self.lwa_url)
-                    self.log("token-refresh", ok=outcome == result.OK, reason=reason)
-                    if outcome != result.OK:
-                        self._token_refused(outcome, reason)
-                        return None, (outcome, reason, False, self.tokens.retry_after)
-                ans = drs.call(
-                    self.https, self.drs_url, kind, path, self.tokens.access, body, max_body
-                )
-            except HttpError as e:
-                code = e.args[0]
-                reason = "network: " + ERROR_NAMES[code]
-                return None, (result.TRANSIENT, reason, code >= E_TIMEOUT, None)
-            if ans[0] in (400, 401, 403) and not again:
-                self.log(
-                    "auth-refused", path=path, status=ans[0], action="refresh token, retry once"
-                )
-                self.tokens.invalidate()
-                continue
-            return ans, None
-
-    def answer(self, kind, path, body=b"", max_body=1024, ok=(200,)):
-        """(answer, None) for a status in `ok`, else (None, (outcome, reason, Retry-After))."""
-        from dash import drs
-
-        ans, fail = self.call(kind, path, body, max_body)
-        if fail:
-            return None, (fail[0], fail[1], fail[3])
-        if ans[0] in ok:
-            return ans, None
-        st = ans[0]
-        return None, (drs.status_outcome(st), drs.status_reason(st), ans[2].get("retry-after"))
-
-    def _token_refused(self, outcome, reason):
-        if outcome == result.REVOKED:
-            _lib("provision").unregister(self, reason)
-            _drop("provision")
-        elif outcome == result.SUSPEND:
-            self.creds_bad = True
-            for sl in self.slots:
-                if sl.fsm.state != fsm.SUSPENDED:
-                    self.suspend(sl, fsm.K_CREDS, reason)
-
     # -- ordering -------------------------------------------------------------------------
 
     def order(self, sl):
         """Place this slot's order now (see `ordering`, loaded for it and dropped again)."""
         _lib("ordering").order(self, sl)
-        _drop("ordering")
+        _drop_phase("ordering")
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------
 
@@ -484,7 +395,7 @@ class App:
 
     def _provision(self, fn, *args):
         out = getattr(_lib("provision"), fn)(self, *args)
-        _drop("provision")
+        _drop_phase("provision")
         return out
 
     def challenge(self):

@@ -10,16 +10,17 @@ for that) and imports this module only to make it, dropping it afterwards.
 import json
 
 from dash import fsm, result
+from dash.link import answer, call
 
 SUBSCRIPTION = (b"GET", b"DrsSubscriptionInfoInput@1.0", b"DrsSubscriptionInfoResult@1.0")
 
 
 def verify_registration(app, sl=None):
     """After a relayed DeviceDeregistered: a refresh tells whether the registration is gone
-    (invalid_grant, and `app.call` forgets every token) or the notice was an old one."""
+    (invalid_grant, and `link.call` forgets every token) or the notice was an old one."""
     app.verify_reg = False
     app.tokens.invalidate()
-    ans, fail = app.call(SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
+    ans, fail = call(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if fail:
         return None if fail[0] == result.REVOKED else (fail[0], fail[1], fail[3])
     app.log("registration-confirmed", note="the deregistration notice was not about this one")
@@ -49,7 +50,7 @@ def parse_subscriptions(body, slot_ids):
 
 def fetch_subscriptions(app, sl=None):
     """SubscriptionInfo into the cache. None on success, else (outcome, reason, retry-after)."""
-    ans, failed = app.answer(SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
+    ans, failed = answer(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if failed:
         return failed
     subs = parse_subscriptions(ans[1], [sl.id for sl in app.slots])
@@ -68,11 +69,18 @@ def fetch_subscriptions(app, sl=None):
         st = sl.fsm.state
         if on == 1 and sl.fsm.durable() == fsm.UNSUBSCRIBED:
             sl.reason = ""
-            app.rearm(sl)
+            from dash.episode import rearm
+
+            rearm(app, sl)
         elif on >= 0 and st == fsm.SUSPENDED and sl.rec.get("sk") == fsm.K_UNLISTED:
-            app.resume(sl, "listed by SubscriptionInfo again")
+            from dash.episode import resume
+
+            resume(app, sl, "listed by SubscriptionInfo again")
         elif on < 0 and st != fsm.SUSPENDED:
-            app.suspend(sl, fsm.K_UNLISTED, "slot does not exist (not in SubscriptionInfo)")
+            from dash.episode import suspend
+
+            why = "slot does not exist (not in SubscriptionInfo)"
+            suspend(app, sl, fsm.K_UNLISTED, why)
     state["sub"] = new
     app.persist()
     return None

@@ -60,7 +60,9 @@ def order(app, sl):
         app.log("slot-unsubscribed", slot=sl.id, action="no order until subscribed")
         app.transition(sl, fsm.E_UNSUB)
     elif outcome == result.SUSPEND:
-        app.suspend(sl, fsm.K_SLOT, reason)
+        from dash.episode import suspend
+
+        suspend(app, sl, fsm.K_SLOT, reason)
     else:
         if outcome == result.UNKNOWN:
             rec["unc"] = 1
@@ -91,10 +93,13 @@ def _replenish(app, sl):
     """(outcome, eventInstanceId, detailCode, reason, Retry-After) of one order attempt:
     registration and an up-to-date subscription first, the intent on flash, Replenish."""
     from dash import drs
+    from dash.link import call
 
     rec = sl.rec
     if not app.tokens.registered:
-        app.suspend(sl, fsm.K_REG, "not registered: register the device to let it order")
+        from dash.episode import suspend
+
+        suspend(app, sl, fsm.K_REG, "not registered: register the device to let it order")
         return result.SUSPEND, None, None, "", None
     subs = app.state.get("sub")
     if app.subscriptions_stale() or not subs or sl.id not in subs:
@@ -111,7 +116,7 @@ def _replenish(app, sl):
     rec["fl"] = 1
     app.persist()  # the intent is on flash before anything leaves the device
     app.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
-    ans, fail = app.call(drs.REPLENISH, drs.replenish_path(sl.id))
+    ans, fail = call(app, drs.REPLENISH, drs.replenish_path(sl.id))
     if fail:
         if fail[2]:
             rec["unc"] = 1  # the request may have been acted on

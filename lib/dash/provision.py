@@ -11,6 +11,7 @@ import os
 from binascii import b2a_base64
 
 from dash import fsm, result
+from dash.episode import cancelled, resume, suspend
 
 PKCE = "pkce.json"
 
@@ -110,7 +111,7 @@ def register(app, code):
     app.sub_dirty = True
     for sl in app.slots:
         if sl.fsm.state == fsm.SUSPENDED and sl.rec.get("sk") == fsm.K_REG:
-            app.resume(sl, "registered")
+            resume(app, sl, "registered")
     app.persist()
     return {"ok": True, "reason": ""}
 
@@ -122,7 +123,9 @@ def deregister(app):
     """Tell DRS the registration ends, then forget every token whatever DRS said."""
     confirmed = False
     if app.tokens.registered:
-        ans, _ = app.call(DEREGISTER, "/registration")
+        from dash.link import call
+
+        ans, _ = call(app, DEREGISTER, "/registration")
         confirmed = ans is not None and 200 <= ans[0] < 300
     unregister(app, "deregistered on request")
     return {"ok": True, "drs_confirmed": confirmed}
@@ -137,7 +140,7 @@ def unregister(app, reason):
     app.log("unregistered", reason=reason)
     for sl in app.slots:
         if sl.fsm.state != fsm.SUSPENDED:
-            app.suspend(sl, fsm.K_REG, reason)
+            suspend(app, sl, fsm.K_REG, reason)
     app.persist()
 
 
@@ -163,7 +166,7 @@ def relay(app, msg):
         eid = order.get("instanceId") if isinstance(order, dict) else None
         for sl in app.slots:
             if eid and sl.rec.get("ev") == eid and sl.fsm.durable() == fsm.ORDERED:
-                app.cancelled(sl, "notification")
+                cancelled(app, sl, "notification")
                 matched += 1
     return {"ok": True, "reason": "", "matched": matched}
 

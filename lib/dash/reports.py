@@ -11,6 +11,7 @@ from micropython import const
 
 from dash import result
 from dash.check import valid_slot
+from dash.link import answer
 
 DEVICE_STATUS = (b"POST", b"DrsDeviceStatusInput@1.0", b"DrsDeviceStatusResult@1.0")
 SLOT_STATUS = (b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0")
@@ -57,7 +58,7 @@ def device_status(app, sl=None):
     if now - ds < _DAY:  # the clock became known just now, and it is not due yet
         app.ds_up = app.up() + ds + _DAY - now
         return None
-    ans, failed = app.answer(DEVICE_STATUS, "/deviceStatus", device_status_body(now), ok=_OK)
+    ans, failed = answer(app, DEVICE_STATUS, "/deviceStatus", device_status_body(now), ok=_OK)
     if failed:
         return failed
     app.warm["ds"] = now
@@ -109,7 +110,7 @@ def order_info(app, sl):
         rec["od"] = 1
         app.persist()
         return None
-    ans, failed = app.answer(ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
+    ans, failed = answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
     if failed:
         return failed
     status, body, _ = ans
@@ -124,7 +125,9 @@ def order_info(app, sl):
     if o is None:
         return result.TRANSIENT, "GetOrderInfo answer not understood", None
     if o == O_CANCELLED:
-        app.cancelled(sl, "GetOrderInfo")
+        from dash.episode import cancelled
+
+        cancelled(app, sl, "GetOrderInfo")
     elif o == O_DONE:
         rec["od"] = 1
         app.log("order-delivered", slot=sl.id, event_instance_id=eid)
@@ -176,7 +179,7 @@ def slot_status(app, sl):
     up = app.up()
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
     body = slot_status_body(level, sl.cfg["sensor"]["capacity"], level, last_use, expected)
-    ans, failed = app.answer(SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)
+    ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)
     if failed:
         return failed
     rec["rl"] = level

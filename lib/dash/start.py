@@ -72,10 +72,10 @@ def boot(app):
     app.cfg = cfg
     app.drs_url = drs_url
     app.lwa_url = lwa_url
-    app._wifi = (sec["wifi_ssid"], sec["wifi_password"])
+    app.wifi = (sec["wifi_ssid"], sec["wifi_password"])
     # Join the network first: on a board that sets the clock, which the token and the
     # back-off deadlines on flash are kept against.
-    net_up(*app._wifi)
+    net_up(*app.wifi)
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
     app.warm = unpack(app.rtc.read())[0] or {}
@@ -152,7 +152,9 @@ def _restore_slot(app, sl):
             human = rec.get("sf") != app._fingerprint  # config or secrets changed
         if human:
             app.log("resumed", slot=sl.id, reason="provisioning changed since suspension")
-            st = app.unsuspend(rec)
+            from dash.episode import unsuspend
+
+            st = unsuspend(rec)
         else:
             sl.reason = rec.get("sr", "")
             app.creds_bad = app.creds_bad or kind == fsm.K_CREDS
