@@ -1,8 +1,9 @@
 """Running out of heap. With less and less room left after start-up (taken by the maker's own
 code, say), an order cycle fails cleanly and is tried again later: it never costs the
 registration (a rotated refresh token lost after LwA handed it out) and never orders twice.
-The real firmware as `.mpy` under the real `micropython`, against the emulator (which rotates
-refresh tokens on every refresh)."""
+The real firmware as `.mpy` under the real `micropython`, against the emulator, which rotates
+the refresh token on every refresh and here hands out tokens of the largest documented size,
+with the answer framed each way HTTP allows."""
 
 import pytest
 from conftest import REPO
@@ -16,8 +17,9 @@ def art(tmp_path_factory):
     return bench.build(tmp_path_factory.mktemp("lowmem"))
 
 
+@pytest.mark.parametrize("framing", ["content_length", "close_delimited", "chunked"])
 def test_running_out_of_heap_never_costs_the_registration_or_a_duplicate_order(
-    art, certs, tmp_path
+    art, certs, tmp_path, framing
 ):
     heap = 112
     with Emulator(
@@ -26,12 +28,15 @@ def test_running_out_of_heap_never_costs_the_registration_or_a_duplicate_order(
         client_id=bench.CLIENT_ID,
         client_secret=bench.CLIENT_SECRET,
     ) as emu:
+        emu.access_token_chars = emu.refresh_token_chars = 2043  # 2048 bytes with the prefix
         b = bench.Bench(emu, certs, art, tmp_path)
         outcomes = set()
-        for hog in range(20, 62, 2):
+        for hog in range(0, 64, 4):
             dev = b.device("mpy", heap)
             n0 = len(emu.orders)
             dev.set_level(bench.LOW)
+            if framing != "content_length":
+                emu.inject("/auth/o2/token", framing, times=1000)
             dev.start()
             try:
                 dev.command("hog", str(hog))
@@ -40,6 +45,7 @@ def test_running_out_of_heap_never_costs_the_registration_or_a_duplicate_order(
             except (RuntimeError, TimeoutError):
                 outcomes.add("ended")  # too little heap to go on at all
             dev.stop()
+            emu.clear_faults()
             dev.heap_kb = None  # the same flash, now with room to spare
             dev.start()
             st = dev.run(3600)

@@ -137,6 +137,7 @@ FAULT_KINDS = frozenset(
         "oversized_headers",
         "invalid_json",
         "chunked",
+        "close_delimited",
         "redirect",
         "silence",
     }
@@ -280,6 +281,9 @@ class Emulator:
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.access_token_lifetime = access_token_lifetime
         self.is_test_device = is_test_device
+        # Token lengths after the prefix; LwA documents up to 2048 bytes for either token.
+        self.access_token_chars = 400
+        self.refresh_token_chars = 300
         self.certs = None  # ensure_certs() dict once started
         self.port = self.port_wrong_name = self.port_untrusted = None
         self.requests = []
@@ -349,7 +353,7 @@ class Emulator:
     def add_refresh_token(self, token=None, public=False):
         """Register a refresh token (generated if None) and return it. public=True: it may
         be refreshed without client_secret, like one obtained through a PKCE code."""
-        token = token or make_token("Atzr|", 300)
+        token = token or make_token("Atzr|", self.refresh_token_chars)
         with self._lock:
             self._refresh_tokens.add(token)
             if public:
@@ -488,7 +492,8 @@ class Emulator:
         status (status=, body=, headers=), reset, silence (seconds=30), redirect (location=),
         invalid_json, oversized (size=65536). The others process the request normally and
         spoil only the delivery: delay (seconds=5), reset_after_processing, truncate,
-        chunked, oversized_headers (size=8192).
+        chunked, close_delimited (no Content-Length: the body ends with the connection),
+        oversized_headers (size=8192).
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -496,6 +501,10 @@ class Emulator:
             raise ValueError("status fault needs status=")
         with self._lock:
             self._faults.append([path_prefix, kind, kw, times])
+
+    def clear_faults(self):
+        with self._lock:
+            self._faults.clear()
 
     def pending_faults(self):
         with self._lock:
@@ -662,7 +671,7 @@ class Emulator:
         lines = [f"HTTP/1.1 {status} {phrase}", *(f"{k}: {v}" for k, v in headers.items())]
         if kind == "chunked":
             lines.append("Transfer-Encoding: chunked")
-        else:  # truncate: promise more than will be sent
+        elif kind != "close_delimited":  # truncate: promise more than will be sent
             length = max(len(body), 1) if kind == "truncate" else len(body)
             lines.append(f"Content-Length: {length}")
         lines.append("Connection: close")
@@ -842,7 +851,7 @@ class Emulator:
             return self._issue_tokens(self.add_refresh_token(public=pkce))
 
     def _issue_tokens(self, refresh):
-        access = make_token("Atza|", 400)
+        access = make_token("Atza|", self.access_token_chars)
         with self._lock:
             self._access_tokens[access] = time.monotonic() + self.access_token_lifetime
         return _json(

@@ -6,10 +6,12 @@ name the host; every socket operation has a timeout; the response is read into o
 allocated at start-up, the body within a caller-given limit; sockets are closed on every path.
 This module reports what happened; it decides nothing (no retries, no redirects).
 
-A body that fits in the buffer with the head (every DRS answer, and LwA's with tokens of the
-usual size) comes back as a memoryview of it, valid until the next request: parse it at once.
-Such an answer never fails for want of memory after the server has acted on the request (LwA
-may have rotated the refresh token). A bigger one is read into a buffer of its own.
+A body that fits in the buffer with the head (every DRS answer, and LwA's even with tokens of
+the largest documented size) comes back as a memoryview of it, valid until the next request:
+parse it at once. With a length, without one (read until close) or chunked (de-chunked in
+place), reading it allocates nothing, so it cannot fail for want of memory after the server
+has acted on the request (LwA may have rotated the refresh token). A bigger answer gets a
+buffer of its own.
 """
 
 import socket
@@ -30,10 +32,12 @@ E_TOOBIG = const(7)  # answer larger than allowed
 E_CA = const(8)  # trust store missing or unreadable
 ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
 
-_HEAD_MAX = const(2048)  # status line plus headers; also the size of the buffer
+_HEAD_MAX = const(2048)  # status line plus headers
+# Head and body: LwA's answer with two 2 KB tokens is about 4.2 KB, its head well under 1 KB.
+_BUF = const(5120)
 # Allocated when the module is imported (among the first things the firmware does), while the
 # heap is still in one piece; there is one connection at a time, so one buffer.
-_buf = bytearray(_HEAD_MAX)
+_buf = bytearray(_BUF)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 
@@ -191,7 +195,7 @@ class Https:
             pos = eol + 2
         start = end + 4
         if chunked:
-            body = _read_chunked(s, bytes(head[start:n]), max_body, deadline)
+            body = _read_chunked(s, head, start, n, max_body, deadline)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
@@ -209,59 +213,75 @@ def _check_deadline(deadline):
 
 
 def _read_body(s, mv, have, length, max_body, deadline):
-    """Exactly `length` bytes, or until close when the server gave no length, into `mv` (which
-    holds the `have` bytes that came with the head) or, when it is too small, a new buffer."""
+    """`length` bytes, or with no length until the server closes, into `mv` (which holds the
+    `have` bytes that came with the head); only a body too big for it gets a buffer of its own."""
     want = length if length >= 0 else max_body + 1
     have = min(have, want)
-    if want > len(mv):
-        body = bytearray(want)
-        body[:have] = mv[:have]
-        mv = memoryview(body)
     while have < want:
+        if have == len(mv):
+            big = bytearray(want)
+            big[:have] = mv
+            mv = memoryview(big)
         got = s.readinto(mv[have:want])
         if not got:
             if length < 0:
-                break
+                return mv[:have]
             raise HttpError(E_RESET, "body")
         have += got
         _check_deadline(deadline)
-    else:
-        if length < 0:
-            raise HttpError(E_TOOBIG, "body")
+    if length < 0:
+        raise HttpError(E_TOOBIG, "body")
     return mv[:have]
 
 
-def _read_chunked(s, data, max_body, deadline):
-    """De-chunk into at most `max_body` bytes. Rare on our endpoints, so plain and simple."""
-    body = bytearray()
-    buf = bytes(data)
+def _read_chunked(s, buf, base, end, max_body, deadline):
+    """De-chunk in place: `buf[base:end]` holds the raw bytes that came with the head, and each
+    chunk's data is moved down over the framing before it, so the body ends at buf[base:out].
+    Unparsed raw bytes are buf[pos:end]."""
+    out = pos = base
     while True:
-        eol = buf.find(b"\r\n")
+        eol = buf.find(b"\r\n", pos, end)
         while eol < 0:
-            if len(buf) > 64:
+            if end - pos > 64:
                 raise HttpError(E_PROTO, "chunk")
-            buf += _more(s, 64, deadline)
-            eol = buf.find(b"\r\n")
+            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline)
+            eol = buf.find(b"\r\n", pos, end)
         try:
-            size = int(buf[:eol].split(b";")[0], 16)
+            size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
         except ValueError:
             raise HttpError(E_PROTO, "chunk")
-        buf = buf[eol + 2 :]
-        if size == 0:
-            return bytes(body)
-        if len(body) + size > max_body:
-            raise HttpError(E_TOOBIG, "body")
-        while len(buf) < size + 2:
-            buf += _more(s, min(512, size + 2 - len(buf)), deadline)
-        if buf[size : size + 2] != b"\r\n":
+        if size < 0:
             raise HttpError(E_PROTO, "chunk")
-        body += buf[:size]
-        buf = buf[size + 2 :]
+        pos = eol + 2
+        if size == 0:
+            return memoryview(buf)[base:out]  # trailers, if any, are not read
+        if out - base + size > max_body:
+            raise HttpError(E_TOOBIG, "body")
+        while end - pos < size + 2:
+            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline)
+        if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
+            raise HttpError(E_PROTO, "chunk")
+        buf[out : out + size] = memoryview(buf)[pos : pos + size]
+        out += size
+        pos += size + 2
 
 
-def _more(s, n, deadline):
-    got = s.read(n)
+def _more(s, buf, base, out, pos, end, max_body, deadline):
+    """Read more raw bytes after `end`: when the buffer is full, first move the unparsed ones
+    down to `out`, and only if that frees nothing, go on in a bigger buffer of our own."""
+    if end == len(buf):
+        if pos > out:
+            buf[out : out + end - pos] = memoryview(buf)[pos:end]
+            pos, end = out, out + end - pos
+        if end == len(buf):
+            size = base + max_body + 80  # the whole body, one chunk's framing, its CRLF
+            if size <= len(buf):
+                raise HttpError(E_TOOBIG, "body")
+            big = bytearray(size)
+            big[:end] = buf
+            buf = big
+    got = s.readinto(memoryview(buf)[end:])
     if not got:
         raise HttpError(E_RESET, "chunk")
     _check_deadline(deadline)
-    return got
+    return buf, pos, end + got

@@ -17,6 +17,7 @@ from dash.check import printable
 
 TOKENS = "tokens.json"
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
+_SPARE_MIN = const(2048)
 _UNRESERVED = b"-._~"
 
 
@@ -158,6 +159,12 @@ class Tokens:
 
     def grant(self, https, url, form, need_refresh):
         host, port, path = url
+        # Room to parse the answer's tokens and save the refresh token, taken before the
+        # request leaves (a MemoryError here costs nothing) and given back once the answer is
+        # in: after LwA has answered, a rotated refresh token must not be lost for want of
+        # memory. The new tokens are about as long as the current ones.
+        room = 2 * len(self.refresh) + len(self.access or "") + 512
+        spare = bytearray(max(_SPARE_MIN, room))
         status, body, hdrs = https.request(
             b"POST",
             host,
@@ -167,6 +174,7 @@ class Tokens:
             form,
             _MAX_ANSWER,
         )
+        del spare  # free for the parse below (the GC collects when it runs short)
         outcome, at, rt, exp, reason = parse_answer(status, body)
         del body
         self.retry_after = hdrs.get("retry-after")

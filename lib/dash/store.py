@@ -4,7 +4,9 @@ Each record is one file: its JSON, a newline, `#` and the CRC-32 of the JSON in 
 goes to `<name>.tmp`, is closed (durable on littlefs), then renamed over the record (one atomic
 littlefs commit), so a power cut leaves the old record or the new one, never a mix. A record
 that is missing, truncated or fails its checksum reads as None; the caller picks a safe default.
-A record identical to the last one written or read is not written again.
+A record identical to the last one written or read is not written again. A record is written
+an item at a time, never built whole in memory (a 2 KB token would otherwise be copied three
+times over while saving it).
 
 `pack`/`unpack` are the same encoding for the RTC memory (`platform.RtcMem`).
 """
@@ -16,6 +18,18 @@ from binascii import crc32
 from micropython import const
 
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
+
+
+def _pieces(obj):
+    """The JSON of a dict, one top-level item at a time (as json.dumps would write it)."""
+    sep = "{"
+    for k, v in obj.items():
+        yield sep
+        yield json.dumps(k)
+        yield ": "
+        yield json.dumps(v)
+        sep = ", "
+    yield "{}" if sep == "{" else "}"
 
 
 def pack(obj):
@@ -72,17 +86,22 @@ class Store:
 
     def save(self, name, obj):
         """Write atomically unless unchanged. Returns True when it wrote."""
-        raw, crc = pack(obj)
+        crc = 0
+        for piece in _pieces(obj):  # a first pass for the checksum: is it the same record?
+            crc = crc32(piece, crc)
         if self._crc.get(name) == crc:
             return False
         path = self._path(name)
         tmp = path + ".tmp"
+        n = 0
         with open(tmp, "wb") as f:
-            f.write(raw)
+            for piece in _pieces(obj):
+                n += f.write(piece)
+            n += f.write(b"\n#%08x\n" % crc)
         os.rename(tmp, path)
         self._crc[name] = crc
         self.writes += 1
-        self.bytes += len(raw)
+        self.bytes += n
         return True
 
     def remove(self, name):

@@ -24,6 +24,15 @@ def test_roundtrip_and_no_rewrite_when_unchanged():
     assert os.listdir(ROOT) == ["a.json"]
 
 
+def test_a_record_is_written_as_json_dumps_would_write_it():
+    import json
+
+    from dash.store import _pieces
+
+    for obj in ({}, {"a": 1}, {"slots": {"x": {"st": 1}}, "r": 'q"uo\\te \u00e9', "n": None}):
+        assert "".join(_pieces(obj)) == json.dumps(obj), obj
+
+
 def test_corruption_reads_as_none():
     s = fresh_store()
     s.save("a.json", {"st": 4})

@@ -1,0 +1,90 @@
+"""Reading an answer's body, against a socket stand-in that hands out the bytes a few at a
+time: with a length, until close, chunked; in the one buffer when it fits (the body is then a
+view of it), in a buffer of its own when it does not; malformed framing is a clean error."""
+
+from dash import https
+from dash.https import E_PROTO, E_RESET, E_TOOBIG, HttpError
+
+BUF = len(https._buf)
+
+
+class Sock:
+    def __init__(self, data, piece=7):
+        self.data = data
+        self.pos = 0
+        self.piece = piece
+
+    def readinto(self, mv):
+        n = min(len(mv), self.piece, len(self.data) - self.pos)
+        mv[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def read(self, n):
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def answer(head, body, piece=7, max_body=8192):
+    h = https.Https("unused", 3)
+    return h._response(Sock(head + body, piece), max_body)
+
+
+def chunked(body, size):
+    out = b""
+    for i in range(0, len(body), size):
+        part = body[i : i + size]
+        out += b"%x\r\n%s\r\n" % (len(part), part)
+    return out + b"0\r\n\r\n"
+
+
+def in_buffer(body):
+    """True when `body` is a view into the module's one buffer (no buffer of its own)."""
+    from uctypes import addressof
+
+    start = addressof(https._buf)
+    return start <= addressof(body) and addressof(body) + len(body) <= start + BUF
+
+
+def err(fn):
+    try:
+        fn()
+    except HttpError as e:
+        return e.args[0]
+    return None
+
+
+def test_with_a_length_the_body_is_read_in_place():
+    status, body, _ = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", b"hello world")
+    assert status == 200 and bytes(body) == b"hello world" and in_buffer(body)
+
+
+def test_without_a_length_the_body_runs_to_the_close():
+    body = answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x" * 3000)[1]
+    assert bytes(body) == b"x" * 3000 and in_buffer(body)
+    big = answer(b"HTTP/1.1 200 OK\r\n\r\n", b"y" * (BUF + 100), 512)[1]
+    assert bytes(big) == b"y" * (BUF + 100) and not in_buffer(big)  # too big: one of its own
+    head = b"HTTP/1.1 200 OK\r\n\r\n"
+    assert err(lambda: answer(head, b"z" * 101, max_body=100)) == E_TOOBIG
+
+
+def test_chunked_is_dechunked_in_place_even_when_the_framing_fills_the_buffer():
+    data = bytes(range(48, 48 + 64)) * 60  # 3840 bytes in 1-byte chunks: 5 bytes each on the wire
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = answer(head, chunked(data, 1), 13)[1]
+    assert bytes(body) == data and in_buffer(body)
+    body = answer(head, chunked(data, 1000), 64)[1]
+    assert bytes(body) == data and in_buffer(body)
+    big = b"q" * (BUF + 500)
+    body = answer(head, chunked(big, 3000), 256)[1]
+    assert bytes(body) == big and not in_buffer(body)  # too big: a buffer of its own
+    assert err(lambda: answer(head, chunked(b"r" * 200, 50), max_body=199)) == E_TOOBIG
+
+
+def test_broken_chunking_is_a_clean_error():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for bad in (b"zz\r\nab\r\n0\r\n\r\n", b"-2\r\nab\r\n0\r\n\r\n", b"2\r\nabXY0\r\n\r\n"):
+        assert err(lambda b=bad: answer(head, b)) == E_PROTO, bad
+    assert err(lambda: answer(head, b"a" * 100)) == E_PROTO  # no size line at all
+    assert err(lambda: answer(head, b"10\r\nshort")) == E_RESET
