@@ -307,6 +307,14 @@ def test_fault_chunked(emu, ctx):
     assert answer["detailCode"] == "STANDARD_ORDER_PLACED"
 
 
+def test_fault_close_delimited(emu, ctx):
+    token = access_token(emu, ctx)
+    emu.inject("/replenish/", "close_delimited")
+    resp, answer = replenish(emu, ctx, token)
+    assert resp.getheader("Content-Length") is None and resp.getheader("Transfer-Encoding") is None
+    assert answer["detailCode"] == "STANDARD_ORDER_PLACED"
+
+
 def test_faults_that_break_the_answer(emu, ctx):
     token = access_token(emu, ctx)
     emu.inject("/replenish/", "truncate")

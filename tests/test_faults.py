@@ -209,8 +209,10 @@ def test_invalid_json_and_unknown_detail_code_are_not_orders(device, emulator):
     assert st["orders_placed"] == 1 and st["event_instance_id"] != "amzn1.x"
 
 
-def test_chunked_answer_is_understood(device, emulator):
-    emulator.inject("/replenish/", "chunked")
+@pytest.mark.parametrize("framing", ["chunked", "close_delimited"])
+def test_answers_framed_without_a_length_are_understood(device, emulator, framing):
+    emulator.inject("/replenish/", framing)
+    emulator.inject("/auth/o2/token", framing)
     st = drain(device)
     assert st["state"] == "ordered"
     assert st["event_instance_id"] == emulator.orders[0]["event_instance_id"]
