@@ -5,11 +5,10 @@ The real firmware as `.mpy` under the real `micropython`, against the emulator, 
 the refresh token on every refresh and here hands out tokens of the largest documented size,
 with the answer framed each way HTTP allows."""
 
+import bench
 import pytest
 from conftest import REPO
 from drs_emulator import Emulator
-
-import bench
 
 
 @pytest.fixture(scope="module")
