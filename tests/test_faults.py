@@ -1,10 +1,14 @@
 """What the firmware does with every kind of bad answer, bad input and interruption."""
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from devicectl import MICROPYTHON
 
 LOW, FULL = 100, 900
 MIN = 60
@@ -391,3 +395,27 @@ def test_steady_sampling_of_several_slots_allocates_nothing(certs, tmp_path):
         res = dev.command("steady", "100")
         assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
         assert [s["state"] for s in dev.status()["slots"]] == ["monitor"] * 3
+
+
+def test_each_https_client_trusts_only_its_own_store(emulator, certs):
+    # Two clients in one process (a REPL session after ca.pem was replaced, say): the second
+    # must not inherit the first one's trust store, though the first got the import-time context.
+    script = """
+from dash.https import Https, HttpError
+port = %d
+ok = Https(%r, 3).request(b"GET", "localhost", port, b"/subscriptionInfo")[0]
+try:
+    Https(%r, 3).request(b"GET", "localhost", port, b"/subscriptionInfo")
+    print("rogue: accepted")
+except HttpError as e:
+    print("rogue: refused", e.args[0])
+print("real:", ok)
+""" % (emulator.port, certs["ca"], certs["rogue_ca"])
+    out = subprocess.run(
+        [MICROPYTHON, "-c", script],
+        env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "rogue: refused 3" in out and "real: 400" in out, out

@@ -144,7 +144,7 @@ class App:
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
         out = _lib("start").status(self)
-        _drop("start")
+        _drop_phase("start")
         return out
 
     # -- boot -----------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class App:
     def boot(self):
         """Load config and persisted state. Returns False (and idles) when config is bad."""
         ok = _lib("start").boot(self)
-        _drop("start")
+        _drop_phase("start")  # and `episode`, if a slot resumed
         return ok
 
     def _path(self, name, root=None):

@@ -38,7 +38,9 @@ _BUF = const(5120)
 # Allocated when the module is imported (among the first things the firmware does), while the
 # heap is still in one piece; there is one connection at a time, so one buffer.
 _buf = bytearray(_BUF)
-_tls = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)  # 3 KB: made now too; trust store loaded later
+# The first client's TLS context (3 KB) is made now too; its trust store is loaded later. A
+# context is never reused with another trust store, nor after one failed to load.
+_fresh = [tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)]
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 
@@ -80,7 +82,7 @@ class Https:
 
     def _context(self):
         if self._ctx is None:
-            ctx = _tls
+            ctx = _fresh.pop() if _fresh else tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stubs lack it
             for der in load_trust_store(self.ca_path):
                 try:

@@ -17,7 +17,7 @@ from dash.check import printable
 
 TOKENS = "tokens.json"
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
-_SPARE_MIN = const(2048)
+_PIECE_MIN = const(640)
 _UNRESERVED = b"-._~"
 
 
@@ -159,12 +159,16 @@ class Tokens:
 
     def grant(self, https, url, form, need_refresh):
         host, port, path = url
-        # Room to parse the answer's tokens and save the refresh token, taken before the
-        # request leaves (a MemoryError here costs nothing) and given back once the answer is
-        # in: after LwA has answered, a rotated refresh token must not be lost for want of
-        # memory. The new tokens are about as long as the current ones.
-        room = 2 * len(self.refresh) + len(self.access or "") + 512
-        spare = bytearray(max(_SPARE_MIN, room))
+        # Room to parse the answer's tokens and save the refresh token (three token-sized
+        # pieces), taken before the request leaves and given back once the answer is in: after
+        # LwA has answered, a rotated refresh token must not be lost for want of memory. The
+        # new tokens are about as long as the current ones. Without that room, nothing is sent.
+        piece = max(_PIECE_MIN, len(self.refresh), len(self.access or "")) + 64
+        try:
+            spare = [bytearray(piece), bytearray(piece), bytearray(piece)]
+        except MemoryError:
+            self.retry_after = None
+            return result.TRANSIENT, "low memory: token refresh postponed"
         status, body, hdrs = https.request(
             b"POST",
             host,
