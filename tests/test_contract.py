@@ -3,6 +3,7 @@ emulator. For each endpoint, the exact request the device sent and what it did w
 answer; registration (PKCE and confidential), deregistration, several slots."""
 
 import json
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -341,17 +342,23 @@ def test_retry_after_is_honoured_by_periodic_calls(make_device, emulator):
     assert len(emulator.requests_to("/subscriptionInfo")) == 2
 
 
-def test_one_slots_failing_call_does_not_starve_another(certs, tmp_path):
-    cfg = {
-        "slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt")],
-        "slot_status_min_s": 600,
-        "retry_base_s": 3600,
-    }
+@contextmanager
+def cyan_and_magenta(certs, tmp_path, **config):
+    """A two-slot device, both full, 20 minutes in (warmed up, SlotStatus baselines set)."""
+    cfg = {"slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt")], **config}
     with slots_device(certs, tmp_path / "d", ("cyan", "magenta"), cfg) as (emu, dev):
         dev.set_level(FULL, "c.txt")
         dev.set_level(FULL, "m.txt")
         dev.start()
         dev.run(20 * MIN)
+        yield emu, dev
+
+
+def test_one_slots_failing_call_does_not_starve_another(certs, tmp_path):
+    with cyan_and_magenta(certs, tmp_path, slot_status_min_s=600, retry_base_s=3600) as (
+        emu,
+        dev,
+    ):
         emu.inject("/slotStatus/cyan", "status", times=1000, status=500)
         dev.set_level(FULL - 300, "c.txt")
         dev.set_level(FULL - 300, "m.txt")
@@ -645,16 +652,10 @@ def test_a_subscription_taken_while_rebooting_is_seen(device, emulator):
 def test_no_wall_clock_after_a_reboot_starves_no_other_call(certs, tmp_path):
     # A SlotStatus cannot be dated without a clock; it must not stay "due" at every step and
     # keep the other slot's GetOrderInfo from ever running.
-    cfg = {
-        "slots": [slot("cyan", "c.txt"), slot("magenta", "m.txt")],
-        "slot_status_min_s": 600,
-        "order_check_s": 600,
-    }
-    with slots_device(certs, tmp_path / "d", ("cyan", "magenta"), cfg) as (emu, dev):
-        dev.set_level(FULL, "c.txt")
-        dev.set_level(FULL, "m.txt")
-        dev.start()
-        dev.run(20 * MIN)  # baselines on flash
+    with cyan_and_magenta(certs, tmp_path, slot_status_min_s=600, order_check_s=600) as (
+        emu,
+        dev,
+    ):
         dev.set_level(LOW, "m.txt")
         dev.run(10 * MIN)  # magenta orders
         assert len(emu.orders) == 1

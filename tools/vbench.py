@@ -89,5 +89,4 @@ def meminfo():
     free = gc.mem_free()
     # mem_info() prints "... max free sz: N" in blocks; a block is free/total blocks apart.
     micropython.mem_info()
-    micropython.qstr_info()
     return {"free": free, "alloc": gc.mem_alloc()}

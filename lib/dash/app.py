@@ -107,7 +107,7 @@ class App:
         if rtc is None:
             from dash.platform import RtcMem
 
-            rtc = RtcMem(self._path("rtc.bin", root))
+            rtc = RtcMem(root + "/rtc.bin")
         self.root = root
         self.clock = clock
         self.rtc = rtc
@@ -155,8 +155,8 @@ class App:
         _drop_phase("start")  # and `episode`, if a slot resumed
         return ok
 
-    def _path(self, name, root=None):
-        return name if name.startswith("/") else (root or self.root) + "/" + name
+    def _path(self, name):
+        return name if name.startswith("/") else self.root + "/" + name
 
     def keep(self):
         """Write `warm` to RTC memory (no flash wear). What does not fit is not kept."""
