@@ -7,9 +7,9 @@ reboot or a power cut is in `state.json` (see `persist`); it is written only whe
 changed, and the intent to order is written before the request leaves the device.
 
 Resident code is what sampling needs. Start-up and the config checks, order placement, the
-periodic calls, registration, and the code of a DRS call (`link`, `drs`) and of the rarer
-turns of an episode (`episode`) are imported when needed and dropped again (`_lib`,
-`_drop_phase`).
+periodic calls, registration, the token refresh (`lwa`), the code of a DRS call (`link`,
+`drs`) and of the rarer turns of an episode (`episode`) are imported when needed and dropped
+again (`_lib`, `_drop_phase`).
 """
 
 import json
@@ -17,14 +17,14 @@ from binascii import crc32
 
 from micropython import const
 
-from dash import fsm, https, lwa, platform, result, store  # noqa: F401 - resident: load first
+from dash import fsm, https, platform, result, store, tokens  # noqa: F401 - resident: load first
 from dash.signal import FAULT_NAMES
 
 TYPE_CHECKING = False  # the type checker reads it as True: names for annotations only
 if TYPE_CHECKING:
     from dash.https import Https
-    from dash.lwa import Tokens
     from dash.store import Store
+    from dash.tokens import Tokens
 
 STATE = "state.json"
 _F_UNREADABLE = const(-5)
@@ -66,7 +66,7 @@ def _drop(name):
 def _drop_phase(name):
     """The end of an order, a periodic call or a provisioning step: drop its module and what
     it may have loaded on the way."""
-    for n in (name, "link", "drs", "episode", "provision"):
+    for n in (name, "link", "drs", "lwa", "episode", "provision"):
         _drop(n)
 
 
@@ -133,6 +133,7 @@ class App:
         self.duty_att = 0
         self.verify_reg = False  # a DeviceDeregistered was relayed: ask LwA
         self.creds_bad = False  # LwA refused the client: no call until the secrets change
+        self._refused = None  # this step's refused token refresh: not tried twice in a step
         self._due_slot = None
 
     # -- reporting ------------------------------------------------------------------------
@@ -219,6 +220,7 @@ class App:
             ms %= 1000
         self._ms = ms
         self._last = now
+        self._refused = None
         period = self.cfg["sample_s"]
         wait = period
         ordered = False
@@ -232,6 +234,8 @@ class App:
             duty = self._duty()
             if duty:
                 name, fn = _DUTIES[duty]
+                if duty != _D_VERIFY:  # that one refreshes on purpose, in `duties`
+                    self.authorise()
                 try:
                     failed = getattr(_lib(name), fn)(self, self._due_slot)
                 except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
@@ -319,8 +323,24 @@ class App:
 
     def order(self, sl):
         """Place this slot's order now (see `ordering`, loaded for it and dropped again)."""
+        self.authorise()
         _lib("ordering").order(self, sl)
         _drop_phase("ordering")
+
+    def authorise(self):
+        """A good access token, refreshed by `lwa` when it is not. Called before an order or a
+        periodic call loads its own code, so the refresh's code and that code are never in the
+        heap together. None, or why not: (outcome, reason, False, Retry-After); a refusal
+        stands for the rest of the step, so LwA is asked once per step at most."""
+        if self._refused is None and not self.tokens.valid():
+            if not self.tokens.registered:
+                return (result.REVOKED, "not registered", False, None)
+            try:
+                self._refused = _lib("lwa").refresh(self)
+            except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
+                self._refused = (result.TRANSIENT, _describe(e), False, None)
+            _drop("lwa")
+        return self._refused
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------
 
@@ -394,6 +414,7 @@ class App:
     # -- registration and relayed notifications (see `provision`) -------------------------
 
     def _provision(self, fn, *args):
+        self._refused = None
         out = getattr(_lib("provision"), fn)(self, *args)
         _drop_phase("provision")
         return out

@@ -1,10 +1,10 @@
-"""Login with Amazon tokens: expiry arithmetic, the refresh request and its answer.
+"""Login with Amazon requests: the token refresh (and the code exchange registration makes),
+their answers, and what a refusal means for the device. Loaded only for a request, before the
+code of the DRS call that needs the token, and dropped again: the held tokens are `tokens`.
 
 The refresh token may rotate: a new one is persisted (atomically) before the access token is
 used, so a power cut can never leave the device holding only a token the server has already
-retired. The flash record holds the refresh token alone, so a refresh that does not rotate it
-writes nothing; the access token and its absolute expiry (when the wall clock is known) go to
-RTC memory, which keeps them across a reboot.
+retired. A refresh that does not rotate it writes nothing to flash.
 """
 
 import json
@@ -12,10 +12,11 @@ from binascii import crc32
 
 from micropython import const
 
-from dash import result
+from dash import fsm, result
 from dash.check import printable
+from dash.https import ERROR_NAMES, HttpError
+from dash.tokens import TOKENS, seed_of
 
-TOKENS = "tokens.json"
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
 _UNRESERVED = b"-._~"
@@ -86,135 +87,95 @@ def parse_answer(status, body):
     )
 
 
-def seed_of(refresh_token):
-    """Which provisioned refresh token a persisted record descends from (not the token)."""
-    return crc32(refresh_token.encode())
+def refresh(app):
+    """Refresh the access token now, log it, and act on a refusal (a revoked registration,
+    rejected client credentials). None, or why not: (outcome, reason, False, Retry-After)."""
+    tokens = app.tokens
+    try:
+        form = refresh_body(tokens.refresh, tokens.client_id, tokens.client_secret)
+        outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
+    except HttpError as e:
+        return result.TRANSIENT, "network: " + ERROR_NAMES[e.args[0]], False, None
+    app.log("token-refresh", ok=outcome == result.OK, reason=reason)
+    if outcome == result.OK:
+        return None
+    if outcome == result.REVOKED:
+        from dash.provision import unregister
+
+        unregister(app, reason)
+    elif outcome == result.SUSPEND:
+        from dash.episode import suspend
+
+        app.creds_bad = True
+        for sl in app.slots:
+            if sl.fsm.state != fsm.SUSPENDED:
+                suspend(app, sl, fsm.K_CREDS, reason)
+    return outcome, reason, False, tokens.retry_after
 
 
-def fresh(now, expiry, margin):
-    """True while a token expiring at `expiry` is good for `margin` more (same unit)."""
-    return expiry - now > margin
+def grant(tokens, https, url, form, need_refresh):
+    """One token request (a refresh, or a code exchange): (outcome, reason). On success the
+    tokens are taken, a rotated refresh token persisted before anything uses it."""
+    host, port, path = url
+    # Room to parse the answer's tokens and save the refresh token (three token-sized
+    # pieces), taken before the request leaves and given back once the answer is in: after
+    # LwA has answered, a rotated refresh token must not be lost for want of memory. The
+    # new tokens are about as long as the current ones. Without that room, nothing is sent.
+    piece = max(_PIECE_MIN, len(tokens.refresh), len(tokens.access or "")) + 64
+    try:
+        spare = [bytearray(piece), bytearray(piece), bytearray(piece)]
+    except MemoryError:
+        tokens.retry_after = None
+        return result.TRANSIENT, "low memory: token refresh postponed"
+    status, body, hdrs = https.request(
+        b"POST",
+        host,
+        port,
+        path.encode(),
+        b"Content-Type: application/x-www-form-urlencoded\r\n",
+        form,
+        _MAX_ANSWER,
+    )
+    del spare  # free for the parse below (the GC collects when it runs short)
+    outcome, at, rt, exp, reason = parse_answer(status, body)
+    del body
+    tokens.retry_after = hdrs.get("retry-after")
+    if outcome != result.OK:
+        return outcome, reason
+    if need_refresh and not rt:
+        return result.TRANSIENT, "token answer has no refresh_token"
+    tokens.refreshes += 1
+    clock = tokens.clock
+    now = clock.wall()
+    tokens.exp_ticks = clock.ticks_add(clock.ticks_ms(), exp * 1000)
+    tokens.exp_wall = now + exp if now else 0
+    if rt:
+        tokens.refresh = rt
+    # Persist before use: a rotated refresh token lost now would strand the device. Not
+    # rotated: the record is unchanged and the store writes nothing.
+    tokens.store.save(TOKENS, {"seed": tokens.seed, "rt": tokens.refresh})
+    tokens.access = at
+    _keep_access(tokens, at if now else None)
+    return result.OK, ""
 
 
-class Tokens:
-    """The device's tokens: restored from flash, refreshed on demand, persisted."""
+def _keep_access(tokens, at):
+    """The access token to RTC memory, with the refresh token it came from (by checksum)."""
+    warm = tokens.warm
+    if at:
+        warm["at"] = at
+        warm["exp"] = tokens.exp_wall
+        warm["rs"] = crc32(tokens.refresh.encode())
+    else:
+        for k in ("at", "exp", "rs"):
+            warm.pop(k, None)
+    tokens.keep()
 
-    def __init__(self, store, secrets, clock, margin_s, warm, keep):
-        self.store = store
-        self.warm = warm  # the app's RTC-memory record, written with `keep()`
-        self.keep = keep
-        self.clock = clock
-        self.margin_s = margin_s
-        self.client_id = secrets["client_id"]
-        self.client_secret = secrets.get("client_secret", "")
-        self.refreshes = 0
-        self.retry_after = None  # the last refused answer's Retry-After, if it had one
-        self.access = None
-        self._exp_wall = 0
-        self._exp_ticks = 0
-        seed = seed_of(secrets["refresh_token"])
-        rec = store.load(TOKENS)
-        self.refresh = secrets["refresh_token"]
-        self._seed = seed
-        if rec and rec.get("seed") == seed and isinstance(rec.get("rt"), str):
-            # A rotated token descends from the provisioned one; a new provisioning wins.
-            self.refresh = rec["rt"]
-        at = warm.get("at")
-        if isinstance(at, str) and warm.get("rs") == crc32(self.refresh.encode()):
-            exp, now = warm.get("exp", 0), clock.wall()
-            if isinstance(exp, int) and now and fresh(now, exp, margin_s):
-                self.access = at
-                self._exp_wall = exp
 
-    def valid(self):
-        if self.access is None:
-            return False
-        now = self.clock.wall()
-        if self._exp_wall and now:
-            return fresh(now, self._exp_wall, self.margin_s)
-        return fresh(
-            0, self.clock.ticks_diff(self._exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
-        )
-
-    def expires_in_s(self):
-        """Seconds the access token has left (for status reports), or -1."""
-        if self.access is None:
-            return -1
-        now = self.clock.wall()
-        if self._exp_wall and now:
-            return self._exp_wall - now
-        return self.clock.ticks_diff(self._exp_ticks, self.clock.ticks_ms()) // 1000
-
-    def invalidate(self):
-        self.access = None
-
-    @property
-    def registered(self):
-        return bool(self.refresh)
-
-    def renew(self, https, url):
-        """Refresh now. Returns (outcome, reason)."""
-        body = refresh_body(self.refresh, self.client_id, self.client_secret)
-        return self.grant(https, url, body, False)
-
-    def grant(self, https, url, form, need_refresh):
-        host, port, path = url
-        # Room to parse the answer's tokens and save the refresh token (three token-sized
-        # pieces), taken before the request leaves and given back once the answer is in: after
-        # LwA has answered, a rotated refresh token must not be lost for want of memory. The
-        # new tokens are about as long as the current ones. Without that room, nothing is sent.
-        piece = max(_PIECE_MIN, len(self.refresh), len(self.access or "")) + 64
-        try:
-            spare = [bytearray(piece), bytearray(piece), bytearray(piece)]
-        except MemoryError:
-            self.retry_after = None
-            return result.TRANSIENT, "low memory: token refresh postponed"
-        status, body, hdrs = https.request(
-            b"POST",
-            host,
-            port,
-            path.encode(),
-            b"Content-Type: application/x-www-form-urlencoded\r\n",
-            form,
-            _MAX_ANSWER,
-        )
-        del spare  # free for the parse below (the GC collects when it runs short)
-        outcome, at, rt, exp, reason = parse_answer(status, body)
-        del body
-        self.retry_after = hdrs.get("retry-after")
-        if outcome != result.OK:
-            return outcome, reason
-        if need_refresh and not rt:
-            return result.TRANSIENT, "token answer has no refresh_token"
-        self.refreshes += 1
-        now = self.clock.wall()
-        self._exp_ticks = self.clock.ticks_add(self.clock.ticks_ms(), exp * 1000)
-        self._exp_wall = now + exp if now else 0
-        if rt:
-            self.refresh = rt
-        # Persist before use: a rotated refresh token lost now would strand the device. Not
-        # rotated: the record is unchanged and the store writes nothing.
-        self.store.save(TOKENS, {"seed": self._seed, "rt": self.refresh})
-        self.access = at
-        self._keep_access(at if now else None)
-        return result.OK, ""
-
-    def _keep_access(self, at):
-        """The access token to RTC memory, with the refresh token it came from (by checksum)."""
-        warm = self.warm
-        if at:
-            warm["at"] = at
-            warm["exp"] = self._exp_wall
-            warm["rs"] = crc32(self.refresh.encode())
-        else:
-            for k in ("at", "exp", "rs"):
-                warm.pop(k, None)
-        self.keep()
-
-    def wipe(self):
-        """Forget every token (the caller also clears the provisioned one in secrets.json)."""
-        self.access = None
-        self.refresh = ""
-        self._seed = seed_of("")
-        self.store.remove(TOKENS)
-        self._keep_access(None)
+def wipe(tokens):
+    """Forget every token (the caller also clears the provisioned one in secrets.json)."""
+    tokens.access = None
+    tokens.refresh = ""
+    tokens.seed = seed_of("")
+    tokens.store.remove(TOKENS)
+    _keep_access(tokens, None)

@@ -59,7 +59,7 @@ def forget_provisioned_token(root):
 def exchange(tokens, https, url, code, redirect_uri, verifier):
     """Trade an authorization code for the device's first tokens (confidential client with
     its secret, or PKCE with the verifier). Returns (outcome, reason)."""
-    from dash.lwa import quote
+    from dash.lwa import grant, quote
 
     body = b"grant_type=authorization_code&code=" + quote(code)
     body += b"&redirect_uri=" + quote(redirect_uri) + b"&client_id=" + quote(tokens.client_id)
@@ -67,7 +67,7 @@ def exchange(tokens, https, url, code, redirect_uri, verifier):
         body += b"&client_secret=" + quote(tokens.client_secret)
     else:
         body += b"&code_verifier=" + quote(verifier)
-    outcome, reason = tokens.grant(https, url, body, True)
+    outcome, reason = grant(tokens, https, url, body, True)
     if outcome == result.REVOKED:
         reason = "authorization code expired, already used or not for this device"
     return outcome, reason
@@ -133,7 +133,9 @@ def deregister(app):
 
 def unregister(app, reason):
     """No registration any more: no token stays on flash and no slot orders."""
-    app.tokens.wipe()
+    from dash.lwa import wipe
+
+    wipe(app.tokens)
     forget_provisioned_token(app.root)
     app.refingerprint()
     app.state.pop("sub", None)

@@ -63,11 +63,11 @@ def boot(app):
     lwa_url = config.parse_url(cfg["lwa_url"])
     del config
     _drop("config")  # its checks are done; its code is the biggest we have
-    from dash import lwa
     from dash.https import Https
     from dash.platform import net_up, open_sensor
     from dash.signal import Signal
     from dash.store import Store, unpack
+    from dash.tokens import Tokens
 
     app.cfg = cfg
     app.drs_url = drs_url
@@ -79,7 +79,7 @@ def boot(app):
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
     app.warm = unpack(app.rtc.read())[0] or {}
-    app.tokens = lwa.Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
+    app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
     for sc in cfg["slots"]:
         s = sc["sensor"]
         if s["kind"] == "file":

@@ -1,6 +1,6 @@
 import json
 
-from dash import drs, duties, lwa, reports, result
+from dash import drs, duties, lwa, reports, result, tokens
 
 
 def test_replenish_answers():
@@ -74,9 +74,9 @@ def test_token_answers():
 
 
 def test_expiry_margin():
-    assert lwa.fresh(1000, 1400, 300)
-    assert not lwa.fresh(1000, 1300, 300)
-    assert not lwa.fresh(2000, 1300, 0)
+    assert tokens.fresh(1000, 1400, 300)
+    assert not tokens.fresh(1000, 1300, 300)
+    assert not tokens.fresh(2000, 1300, 0)
 
 
 def test_subscription_answers_v1_and_v2():
@@ -155,7 +155,7 @@ def test_code_exchange_bodies():
         def load(self, name):
             return None
 
-    tok = lwa.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60, {}, None)
+    tok = tokens.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60, {}, None)
     assert not tok.registered
     t = T()
     from dash import provision

@@ -1,0 +1,77 @@
+"""The device's Login with Amazon tokens as held between calls: restored at boot, and asked
+on every DRS call whether the access token is still good. Bookkeeping only; the requests that
+get new tokens, and what is done with their answers, are in `lwa` (loaded when needed).
+
+The flash record holds the refresh token alone; the access token and its absolute expiry
+(when the wall clock is known) live in RTC memory, which keeps them across a reboot.
+"""
+
+from binascii import crc32
+
+TOKENS = "tokens.json"
+
+
+def seed_of(refresh_token):
+    """Which provisioned refresh token a persisted record descends from (not the token)."""
+    return crc32(refresh_token.encode())
+
+
+def fresh(now, expiry, margin):
+    """True while a token expiring at `expiry` is good for `margin` more (same unit)."""
+    return expiry - now > margin
+
+
+class Tokens:
+    """Restored from flash and RTC memory; `lwa` refreshes and persists them."""
+
+    def __init__(self, store, secrets, clock, margin_s, warm, keep):
+        self.store = store
+        self.warm = warm  # the app's RTC-memory record, written with `keep()`
+        self.keep = keep
+        self.clock = clock
+        self.margin_s = margin_s
+        self.client_id = secrets["client_id"]
+        self.client_secret = secrets.get("client_secret", "")
+        self.refreshes = 0
+        self.retry_after = None  # the last refused answer's Retry-After, if it had one
+        self.access = None
+        self.exp_wall = 0
+        self.exp_ticks = 0
+        self.seed = seed_of(secrets["refresh_token"])
+        rec = store.load(TOKENS)
+        self.refresh = secrets["refresh_token"]
+        if rec and rec.get("seed") == self.seed and isinstance(rec.get("rt"), str):
+            # A rotated token descends from the provisioned one; a new provisioning wins.
+            self.refresh = rec["rt"]
+        at = warm.get("at")
+        if isinstance(at, str) and warm.get("rs") == crc32(self.refresh.encode()):
+            exp, now = warm.get("exp", 0), clock.wall()
+            if isinstance(exp, int) and now and fresh(now, exp, margin_s):
+                self.access = at
+                self.exp_wall = exp
+
+    def valid(self):
+        if self.access is None:
+            return False
+        now = self.clock.wall()
+        if self.exp_wall and now:
+            return fresh(now, self.exp_wall, self.margin_s)
+        return fresh(
+            0, self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
+        )
+
+    def expires_in_s(self):
+        """Seconds the access token has left (for status reports), or -1."""
+        if self.access is None:
+            return -1
+        now = self.clock.wall()
+        if self.exp_wall and now:
+            return self.exp_wall - now
+        return self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()) // 1000
+
+    def invalidate(self):
+        self.access = None
+
+    @property
+    def registered(self):
+        return bool(self.refresh)
