@@ -178,6 +178,19 @@ class Bench:
                 lo = mid
         return hi
 
+    @classmethod
+    def heap_min(cls, ok, span=8):
+        """The smallest heap (KB) from which `ok` holds at every size up to `span` KB larger.
+        Fragmentation makes success not monotonic in the heap size: a bisection alone can land
+        on a lucky size just below one that fails, and that is not a size to build on."""
+        kb = cls.bisect(ok)
+        if kb is None:
+            return None
+        for k in range(kb + span, kb, -1):
+            if not ok(k):
+                return k + 1  # the largest size that failed, plus one
+        return kb
+
     # -- cycles -------------------------------------------------------------------------
 
     def order_cycles(self, dev, n, cold):
@@ -218,16 +231,16 @@ def run(args, work):
         say = print if args.verbose else (lambda *a: None)
 
         say("heap: .mpy")
-        r["heap_min_kb_mpy"] = b.bisect(lambda kb: b.cold_cycle_ok("mpy", kb)[0])
+        r["heap_min_kb_mpy"] = b.heap_min(lambda kb: b.cold_cycle_ok("mpy", kb)[0])
         say("heap: romfs")
-        romfs_total = b.bisect(lambda kb: b.cold_cycle_ok("romfs", kb)[0])
+        romfs_total = b.heap_min(lambda kb: b.cold_cycle_ok("romfs", kb)[0])
         image_heap = b.cold_cycle_ok("romfs", romfs_total)[1] if romfs_total else 0
         r["heap_min_kb_romfs_with_image"] = romfs_total
         r["romfs_image_heap_kb"] = -(-image_heap // 1024)
         # On a board the image is memory-mapped flash; here it had to be loaded into the heap.
         r["heap_min_kb_romfs"] = romfs_total - r["romfs_image_heap_kb"] if romfs_total else None
         say("heap: naive")
-        r["heap_min_kb_naive"] = b.bisect(b.naive_ok)
+        r["heap_min_kb_naive"] = b.heap_min(b.naive_ok)
 
         say("cycles")
         dev = b.device("mpy")
