@@ -8,14 +8,13 @@ retired. A refresh that does not rotate it writes nothing to flash.
 """
 
 import json
-from binascii import crc32
 
 from micropython import const
 
 from dash import fsm, result
 from dash.check import printable
 from dash.https import ERROR_NAMES, HttpError
-from dash.tokens import TOKENS, seed_of
+from dash.tokens import TOKENS, mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
@@ -165,7 +164,7 @@ def _keep_access(tokens, at):
     if at:
         warm["at"] = at
         warm["exp"] = tokens.exp_wall
-        warm["rs"] = crc32(tokens.refresh.encode())
+        warm["rs"] = mark(tokens.refresh)
     else:
         for k in ("at", "exp", "rs"):
             warm.pop(k, None)
@@ -176,6 +175,6 @@ def wipe(tokens):
     """Forget every token (the caller also clears the provisioned one in secrets.json)."""
     tokens.access = None
     tokens.refresh = ""
-    tokens.seed = seed_of("")
+    tokens.seed = mark("")
     tokens.store.remove(TOKENS)
     _keep_access(tokens, None)

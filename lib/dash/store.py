@@ -18,6 +18,7 @@ from binascii import crc32
 from micropython import const
 
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
+_TAIL = b"\n#%08x\n"  # after the JSON: its CRC-32
 
 
 def _pieces(obj):
@@ -36,7 +37,7 @@ def pack(obj):
     """(record bytes, CRC) of a dict."""
     body = json.dumps(obj).encode()
     crc = crc32(body)
-    return body + b"\n#%08x\n" % crc, crc
+    return body + _TAIL % crc, crc
 
 
 def unpack(raw):
@@ -97,7 +98,7 @@ class Store:
         with open(tmp, "wb") as f:
             for piece in _pieces(obj):
                 n += f.write(piece)
-            n += f.write(b"\n#%08x\n" % crc)
+            n += f.write(_TAIL % crc)
         os.rename(tmp, path)
         self._crc[name] = crc
         self.writes += 1

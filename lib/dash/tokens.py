@@ -11,9 +11,10 @@ from binascii import crc32
 TOKENS = "tokens.json"
 
 
-def seed_of(refresh_token):
-    """Which provisioned refresh token a persisted record descends from (not the token)."""
-    return crc32(refresh_token.encode())
+def mark(token):
+    """A token's checksum, kept in its place where all that matters is which token it was:
+    the provisioned refresh token a record descends from, the one an access token belongs to."""
+    return crc32(token.encode())
 
 
 def fresh(now, expiry, margin):
@@ -37,14 +38,14 @@ class Tokens:
         self.access = None
         self.exp_wall = 0
         self.exp_ticks = 0
-        self.seed = seed_of(secrets["refresh_token"])
+        self.seed = mark(secrets["refresh_token"])
         rec = store.load(TOKENS)
         self.refresh = secrets["refresh_token"]
         if rec and rec.get("seed") == self.seed and isinstance(rec.get("rt"), str):
             # A rotated token descends from the provisioned one; a new provisioning wins.
             self.refresh = rec["rt"]
         at = warm.get("at")
-        if isinstance(at, str) and warm.get("rs") == crc32(self.refresh.encode()):
+        if isinstance(at, str) and warm.get("rs") == mark(self.refresh):
             exp, now = warm.get("exp", 0), clock.wall()
             if isinstance(exp, int) and now and fresh(now, exp, margin_s):
                 self.access = at
