@@ -6,12 +6,13 @@ name the host; every socket operation has a timeout; the response is read into o
 allocated at start-up, the body within a caller-given limit; sockets are closed on every path.
 This module reports what happened; it decides nothing (no retries, no redirects).
 
-A body that fits in the buffer with the head (every DRS answer, and LwA's even with tokens of
-the largest documented size) comes back as a memoryview of it, valid until the next request:
-parse it at once. With a length, without one (read until close) or chunked (de-chunked in
-place), reading it allocates nothing, so it cannot fail for want of memory after the server
-has acted on the request (LwA may have rotated the refresh token). A bigger answer gets a
-buffer of its own.
+A body that fits in the buffer with the head (every DRS answer, and LwA's with tokens of the
+usual size) comes back as a memoryview of it, valid until the next request: parse it at once.
+With a length, without one (read until close) or chunked (de-chunked in place), reading it
+allocates nothing, so it cannot fail for want of memory after the server has acted on the
+request (LwA may have rotated the refresh token). A caller expecting a bigger answer reserves
+a `spill` buffer before sending, and the answer goes on in that; only an answer bigger than
+both gets a buffer allocated while it is read.
 """
 
 import socket
@@ -33,8 +34,9 @@ E_CA = const(8)  # trust store missing or unreadable
 ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
 
 _HEAD_MAX = const(2048)  # status line plus headers
-# Head and body: LwA's answer with two 2 KB tokens is about 4.2 KB, its head well under 1 KB.
-_BUF = const(5120)
+# The biggest head with the biggest DRS body (1 KB). LwA's answer with tokens of the usual
+# size (under 1 KB each) fits too; with two 2 KB tokens it is about 4.2 KB: see `spill`.
+_BUF = const(3072)
 # Allocated when the module is imported (among the first things the firmware does), while the
 # heap is still in one piece; there is one connection at a time, so one buffer.
 _buf = bytearray(_BUF)
@@ -78,7 +80,7 @@ class Https:
         self.handshakes = 0  # TLS handshakes since boot, for tests and benchmarks
         self._ctx = None
         self._addr = {}
-        self._buf = _buf
+        self.buf = _buf
 
     def _context(self):
         if self._ctx is None:
@@ -104,11 +106,12 @@ class Https:
             self._addr[key] = ai
         return ai
 
-    def request(self, method, host, port, path, headers=b"", body=b"", max_body=1024):
+    def request(self, method, host, port, path, headers=b"", body=b"", max_body=1024, spill=None):
         """Send one request; return (status, body, headers dict of the few we keep).
 
         `headers` are complete header lines (bytes, each ending CRLF). The answer's header
-        names we keep: retry-after, content-type, location (values as bytes).
+        names we keep: retry-after, content-type, location (values as bytes). `spill`: a
+        bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
         ctx = self._context()
         family, addr = self._resolve(host, port)
@@ -137,7 +140,7 @@ class Https:
                 s.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
                 if body:
                     s.write(body)
-                return self._response(s, max_body)
+                return self._response(s, max_body, spill)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
         finally:
@@ -148,8 +151,8 @@ class Https:
                     pass
             raw.close()
 
-    def _response(self, s, max_body):
-        head = self._buf
+    def _response(self, s, max_body, spill=None):
+        head = self.buf
         mv = memoryview(head)
         n = 0
         end = -1
@@ -198,11 +201,11 @@ class Https:
             pos = eol + 2
         start = end + 4
         if chunked:
-            body = _read_chunked(s, head, start, n, max_body, deadline)
+            body = _read_chunked(s, head, start, n, max_body, deadline, spill)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, mv[start:], n - start, length, max_body, deadline)
+            body = _read_body(s, mv[start:], n - start, length, max_body, deadline, spill)
         return status, body, kept
 
 
@@ -215,16 +218,25 @@ def _check_deadline(deadline):
         raise HttpError(E_TIMEOUT, "slow")
 
 
-def _read_body(s, mv, have, length, max_body, deadline):
+def _bigger(spill, size, want):
+    """Room for more than `size` bytes: the reserved `spill` when it is bigger, else a new
+    buffer of `want` bytes."""
+    if spill is not None and len(spill) > size:
+        return spill
+    return bytearray(want)
+
+
+def _read_body(s, mv, have, length, max_body, deadline, spill):
     """`length` bytes, or with no length until the server closes, into `mv` (which holds the
-    `have` bytes that came with the head); only a body too big for it gets a buffer of its own."""
+    `have` bytes that came with the head); a body too big for it goes on in `spill`, or else
+    in a buffer of its own."""
     want = length if length >= 0 else max_body + 1
     have = min(have, want)
     while have < want:
         if have == len(mv):
-            big = bytearray(want)
+            big = memoryview(_bigger(spill, have, want))[:want]
             big[:have] = mv
-            mv = memoryview(big)
+            mv = big
         got = s.readinto(mv[have:want])
         if not got:
             if length < 0:
@@ -237,7 +249,7 @@ def _read_body(s, mv, have, length, max_body, deadline):
     return mv[:have]
 
 
-def _read_chunked(s, buf, base, end, max_body, deadline):
+def _read_chunked(s, buf, base, end, max_body, deadline, spill):
     """De-chunk in place: `buf[base:end]` holds the raw bytes that came with the head, and each
     chunk's data is moved down over the framing before it, so the body ends at buf[base:out].
     Unparsed raw bytes are buf[pos:end]."""
@@ -247,7 +259,7 @@ def _read_chunked(s, buf, base, end, max_body, deadline):
         while eol < 0:
             if end - pos > 64:
                 raise HttpError(E_PROTO, "chunk")
-            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline)
+            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline, spill)
             eol = buf.find(b"\r\n", pos, end)
         try:
             size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
@@ -261,7 +273,7 @@ def _read_chunked(s, buf, base, end, max_body, deadline):
         if out - base + size > max_body:
             raise HttpError(E_TOOBIG, "body")
         while end - pos < size + 2:
-            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline)
+            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline, spill)
         if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
             raise HttpError(E_PROTO, "chunk")
         buf[out : out + size] = memoryview(buf)[pos : pos + size]
@@ -269,9 +281,9 @@ def _read_chunked(s, buf, base, end, max_body, deadline):
         pos += size + 2
 
 
-def _more(s, buf, base, out, pos, end, max_body, deadline):
+def _more(s, buf, base, out, pos, end, max_body, deadline, spill):
     """Read more raw bytes after `end`: when the buffer is full, first move the unparsed ones
-    down to `out`, and only if that frees nothing, go on in a bigger buffer of our own."""
+    down to `out`, and only if that frees nothing, go on in `spill` or a bigger buffer."""
     if end == len(buf):
         if pos > out:
             buf[out : out + end - pos] = memoryview(buf)[pos:end]
@@ -280,7 +292,7 @@ def _more(s, buf, base, out, pos, end, max_body, deadline):
             size = base + max_body + 80  # the whole body, one chunk's framing, its CRLF
             if size <= len(buf):
                 raise HttpError(E_TOOBIG, "body")
-            big = bytearray(size)
+            big = _bigger(spill, end, size)
             big[:end] = buf
             buf = big
     got = s.readinto(memoryview(buf)[end:])

@@ -18,6 +18,7 @@ from dash.tokens import TOKENS, mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
+_FRAME = const(1024)  # an answer's head and the JSON around its tokens
 _UNRESERVED = b"-._~"
 
 
@@ -120,9 +121,14 @@ def grant(tokens, https, url, form, need_refresh):
     # pieces), taken before the request leaves and given back once the answer is in: after
     # LwA has answered, a rotated refresh token must not be lost for want of memory. The
     # new tokens are about as long as the current ones. Without that room, nothing is sent.
+    # The answer itself (both tokens, the JSON around them, the head) goes where the
+    # transport reads it; when it would not fit in the transport's buffer, into one
+    # reserved here.
     piece = max(_PIECE_MIN, len(tokens.refresh), len(tokens.access or "")) + 64
+    answer = 2 * piece + _FRAME
     try:
         spare = [bytearray(piece), bytearray(piece), bytearray(piece)]
+        spill = bytearray(answer) if answer > len(https.buf) else None
     except MemoryError:
         tokens.retry_after = None
         return result.TRANSIENT, "low memory: token refresh postponed"
@@ -134,8 +140,9 @@ def grant(tokens, https, url, form, need_refresh):
         b"Content-Type: application/x-www-form-urlencoded\r\n",
         form,
         _MAX_ANSWER,
+        spill,
     )
-    del spare  # free for the parse below (the GC collects when it runs short)
+    del spare, spill  # free for the parse below (the GC collects when it runs short)
     outcome, at, rt, exp, reason = parse_answer(status, body)
     del body
     tokens.retry_after = hdrs.get("retry-after")

@@ -147,6 +147,8 @@ def test_pkce_challenge_matches_rfc7636():
 
 def test_code_exchange_bodies():
     class T:
+        buf = bytearray(3072)
+
         def request(self, *a):
             self.form = a[5]
             return 400, b'{"error": "invalid_grant"}', {}

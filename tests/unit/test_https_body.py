@@ -1,6 +1,7 @@
 """Reading an answer's body, against a socket stand-in that hands out the bytes a few at a
 time: with a length, until close, chunked; in the one buffer when it fits (the body is then a
-view of it), in a buffer of its own when it does not; malformed framing is a clean error."""
+view of it), in the caller's reserved `spill` when it does not, in a buffer of its own when
+neither holds it; malformed framing is a clean error."""
 
 from dash import https
 from dash.https import E_PROTO, E_RESET, E_TOOBIG, HttpError
@@ -26,9 +27,9 @@ class Sock:
         return out
 
 
-def answer(head, body, piece=7, max_body=8192):
+def answer(head, body, piece=7, max_body=8192, spill=None):
     h = https.Https("unused", 3)
-    return h._response(Sock(head + body, piece), max_body)
+    return h._response(Sock(head + body, piece), max_body, spill)
 
 
 def chunked(body, size):
@@ -39,12 +40,12 @@ def chunked(body, size):
     return out + b"0\r\n\r\n"
 
 
-def in_buffer(body):
-    """True when `body` is a view into the module's one buffer (no buffer of its own)."""
+def in_buffer(body, buf=https._buf):
+    """True when `body` is a view into `buf`, by default the module's one buffer."""
     from uctypes import addressof
 
-    start = addressof(https._buf)
-    return start <= addressof(body) and addressof(body) + len(body) <= start + BUF
+    start = addressof(buf)
+    return start <= addressof(body) and addressof(body) + len(body) <= start + len(buf)
 
 
 def err(fn):
@@ -70,7 +71,8 @@ def test_without_a_length_the_body_runs_to_the_close():
 
 
 def test_chunked_is_dechunked_in_place_even_when_the_framing_fills_the_buffer():
-    data = bytes(range(48, 48 + 64)) * 60  # 3840 bytes in 1-byte chunks: 5 bytes each on the wire
+    # In 1-byte chunks, 5 bytes each on the wire: the framing alone overflows the buffer.
+    data = bytes(range(48, 48 + 64)) * (BUF * 3 // 4 // 64)
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = answer(head, chunked(data, 1), 13)[1]
     assert bytes(body) == data and in_buffer(body)
@@ -88,3 +90,20 @@ def test_broken_chunking_is_a_clean_error():
         assert err(lambda b=bad: answer(head, b)) == E_PROTO, bad
     assert err(lambda: answer(head, b"a" * 100)) == E_PROTO  # no size line at all
     assert err(lambda: answer(head, b"10\r\nshort")) == E_RESET
+
+
+def test_a_body_too_big_for_the_buffer_goes_on_in_the_reserved_spill():
+    data = bytes(range(32, 96)) * 80  # 5120 bytes: more than the one buffer holds
+    assert len(data) > BUF
+    spill = bytearray(len(data) + 400)
+    for head, wire in (
+        (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data), data),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", data),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", chunked(data, 700)),
+    ):
+        body = answer(head, wire, 300, spill=spill)[1]
+        assert bytes(body) == data and in_buffer(body, spill), head
+    # A spill too small for the answer: it still arrives, in a buffer of its own.
+    small = bytearray(BUF + 100)
+    body = answer(b"HTTP/1.1 200 OK\r\n\r\n", data, 300, spill=small)[1]
+    assert bytes(body) == data and not in_buffer(body, small) and not in_buffer(body)
