@@ -16,57 +16,60 @@ _MAX_FILE = const(6144)
 _REQ = const(-1)  # marks a required key in the schema
 _BIG = const(0x3FFFFFFF)
 
-# (key, type, min, max, default). Type: "i" int, "s" slot id, "u" https URL, "f" file name,
+# Five items per key, in one flat tuple (a tuple per key would cost a heap object each):
+# key, type, min, max, default. Type: "i" int, "s" slot id, "u" https URL, "f" file name,
 # "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text, "b" bool.
 # For strings min/max bound the length. Default None: derived after the check.
+# fmt: off
 _SCHEMA = (
-    ("region", "r", 1, 8, "na"),
-    ("drs_url", "u", 9, 200, None),
-    ("lwa_url", "u", 9, 200, None),
-    ("ca_file", "f", 1, 64, "ca.pem"),
-    ("redirect_uri", "a", 0, 200, ""),
-    ("sample_s", "i", 1, 86400, 60),
-    ("inprogress_backoff_s", "i", 60, 30 * 86400, 6 * 3600),
-    ("retry_base_s", "i", 1, 86400, 30),
-    ("retry_cap_s", "i", 1, 7 * 86400, 6 * 3600),
-    ("token_margin_s", "i", 0, 1800, 300),
-    ("http_timeout_s", "i", 1, 120, 15),
-    ("subscription_check_s", "i", 600, 86400, 86400),
-    ("order_check_s", "i", 600, 7 * 86400, 12 * 3600),
-    ("order_checks_max", "i", 0, 1000, 30),
-    ("slot_status_min_s", "i", 60, 7 * 86400, 3600),
-    ("test_device", "b", 0, 1, False),
+    "region", "r", 1, 8, "na",
+    "drs_url", "u", 9, 200, None,
+    "lwa_url", "u", 9, 200, None,
+    "ca_file", "f", 1, 64, "ca.pem",
+    "redirect_uri", "a", 0, 200, "",
+    "sample_s", "i", 1, 86400, 60,
+    "inprogress_backoff_s", "i", 60, 30 * 86400, 6 * 3600,
+    "retry_base_s", "i", 1, 86400, 30,
+    "retry_cap_s", "i", 1, 7 * 86400, 6 * 3600,
+    "token_margin_s", "i", 0, 1800, 300,
+    "http_timeout_s", "i", 1, 120, 15,
+    "subscription_check_s", "i", 600, 86400, 86400,
+    "order_check_s", "i", 600, 7 * 86400, 12 * 3600,
+    "order_checks_max", "i", 0, 1000, 30,
+    "slot_status_min_s", "i", 60, 7 * 86400, 3600,
+    "test_device", "b", 0, 1, False,
 )
 # Per slot: in a "slots" list, or at the top level for a device with one slot.
 _SLOT = (
-    ("slot_id", "s", 1, 128, _REQ),
-    ("low", "i", 0, _BIG, _REQ),
-    ("high", "i", 0, _BIG, _REQ),
-    ("confirm_samples", "i", 1, 1000, 3),
-    ("warmup_samples", "i", 1, 1000, 5),
-    ("report_delta", "i", 0, _BIG, 0),
+    "slot_id", "s", 1, 128, _REQ,
+    "low", "i", 0, _BIG, _REQ,
+    "high", "i", 0, _BIG, _REQ,
+    "confirm_samples", "i", 1, 1000, 3,
+    "warmup_samples", "i", 1, 1000, 5,
+    "report_delta", "i", 0, _BIG, 0,
 )
 _SENSOR = (
-    ("kind", "k", 1, 8, _REQ),
-    ("path", "f", 1, 64, "level.txt"),
-    ("pin", "i", 0, 255, 0),
-    ("raw_empty", "i", -_BIG, _BIG, _REQ),
-    ("raw_full", "i", -_BIG, _BIG, _REQ),
-    ("capacity", "i", 1, 1000000, _REQ),
-    ("margin", "i", 0, _BIG, 0),
-    ("raw_max", "i", 0, _BIG, 0),
-    ("stuck_samples", "i", 0, 10000, 0),
-    ("max_drop", "i", 0, _BIG, 0),
-    ("median", "i", 1, 15, 5),
-    ("ema_shift", "i", 0, 8, 0),
+    "kind", "k", 1, 8, _REQ,
+    "path", "f", 1, 64, "level.txt",
+    "pin", "i", 0, 255, 0,
+    "raw_empty", "i", -_BIG, _BIG, _REQ,
+    "raw_full", "i", -_BIG, _BIG, _REQ,
+    "capacity", "i", 1, 1000000, _REQ,
+    "margin", "i", 0, _BIG, 0,
+    "raw_max", "i", 0, _BIG, 0,
+    "stuck_samples", "i", 0, 10000, 0,
+    "max_drop", "i", 0, _BIG, 0,
+    "median", "i", 1, 15, 5,
+    "ema_shift", "i", 0, 8, 0,
 )
 _SECRET = (
-    ("client_id", "t", 1, 100, _REQ),
-    ("client_secret", "t", 0, 200, ""),
-    ("refresh_token", "t", 0, 2048, ""),
-    ("wifi_ssid", "w", 0, 32, ""),
-    ("wifi_password", "w", 0, 64, ""),
+    "client_id", "t", 1, 100, _REQ,
+    "client_secret", "t", 0, 200, "",
+    "refresh_token", "t", 0, 2048, "",
+    "wifi_ssid", "w", 0, 32, "",
+    "wifi_password", "w", 0, 64, "",
 )
+# fmt: on
 MAX_SLOTS = const(8)
 # LwA token hosts by region; DRS documents only its NA host, so elsewhere drs_url is required.
 _LWA = {
@@ -98,8 +101,13 @@ def parse_url(url):
     return hostport, port, path.rstrip("/") if path != "/" else ""
 
 
+def _keys(schema):
+    return [schema[i] for i in range(0, len(schema), 5)]
+
+
 def _check(src, schema, out, errors, where, prefix=""):
-    for key, typ, lo, hi, default in schema:
+    for i in range(0, len(schema), 5):
+        key, typ, lo, hi, default = schema[i : i + 5]
         name = prefix + key
         if key not in src:
             if default == _REQ:
@@ -141,8 +149,9 @@ def _check(src, schema, out, errors, where, prefix=""):
                 errors.append("%s: '%s' %s" % (where, name, bad))
                 continue
         out[key] = v
+    known = _keys(schema)
     for key in src:
-        if not any(key == s[0] for s in schema):
+        if key not in known:
             errors.append("%s: '%s%s' is not a known key" % (where, prefix, key))
 
 
@@ -208,7 +217,7 @@ def validate(raw, secrets):
     cfg: dict = {}
     sec: dict = {}
     if raw is not None:
-        slot_keys = [k[0] for k in _SLOT] + ["sensor"]
+        slot_keys = _keys(_SLOT) + ["sensor"]
         if "slots" in raw:
             rest = {k: raw[k] for k in raw if k != "slots"}
             slots = raw["slots"]
