@@ -31,16 +31,19 @@ _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
-# The periodic calls, by the number `_duty()` answers (0: none): module and function, each
-# called with the app and the slot it is for (`_due_slot`, for 4 and 5).
+# The periodic calls, by the number `_duty()` answers (0: none): module and function (two
+# items each, in one flat tuple), called with the app and the slot it is for (`_due_slot`,
+# for 4 and 5).
+# fmt: off
 _DUTIES = (
-    ("", ""),  # 0: nothing due
-    ("duties", "verify_registration"),  # a relayed DeviceDeregistered: is it true?
-    ("duties", "fetch_subscriptions"),
-    ("reports", "device_status"),
-    ("reports", "order_info"),
-    ("reports", "slot_status"),
+    "", "",  # 0: nothing due
+    "duties", "verify_registration",  # a relayed DeviceDeregistered: is it true?
+    "duties", "fetch_subscriptions",
+    "reports", "device_status",
+    "reports", "order_info",
+    "reports", "slot_status",
 )
+# fmt: on
 _D_VERIFY = const(1)
 _D_SUBS = const(2)
 _D_DEVICE = const(3)
@@ -233,7 +236,7 @@ class App:
         if not ordered:
             duty = self._duty()
             if duty:
-                name, fn = _DUTIES[duty]
+                name, fn = _DUTIES[2 * duty], _DUTIES[2 * duty + 1]
                 if duty != _D_VERIFY:  # that one refreshes on purpose, in `duties`
                     self.authorise()
                 try:
@@ -294,7 +297,7 @@ class App:
     def _changed(self, sl, old, new):
         level = sl.level
         if new == fsm.FAULT:
-            fault = FAULT_NAMES.get(level, "unreadable")
+            fault = FAULT_NAMES[-level] if -level < len(FAULT_NAMES) else "unreadable"
             self.log("sensor-fault", slot=sl.id, fault=fault, raw_level=level)
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)

@@ -32,13 +32,13 @@ NAMES = (
     "unsubscribed",
 )
 
-# Events.
-E_LOW = const(0)  # sane reading at or below the low threshold
-E_MID = const(1)  # sane reading between the thresholds
-E_HIGH = const(2)  # sane reading at or above the high threshold (a refill)
-E_FAULT = const(3)  # implausible reading
-E_WARM = const(4)  # warm-up over
-E_CONFIRMED = const(5)  # enough consecutive low readings
+# Events. Those only the samples raise are private: no name in the module's dict.
+_E_LOW = const(0)  # sane reading at or below the low threshold
+_E_MID = const(1)  # sane reading between the thresholds
+_E_HIGH = const(2)  # sane reading at or above the high threshold (a refill)
+_E_FAULT = const(3)  # implausible reading
+_E_WARM = const(4)  # warm-up over
+_E_CONFIRMED = const(5)  # enough consecutive low readings
 E_TIMER = const(6)  # the back-off deadline has passed
 E_PLACED = const(7)  # an order exists for this episode (placed, or ours in progress)
 E_INPROGRESS = const(8)  # somebody else's order is open
@@ -108,30 +108,30 @@ class Machine:
     def classify(self, level):
         """Event for a sane reading; hysteresis lives in the gap between low and high."""
         if level <= self.low:
-            return E_LOW
+            return _E_LOW
         if level >= self.high:
-            return E_HIGH
-        return E_MID
+            return _E_HIGH
+        return _E_MID
 
     def sample(self, level):
         """Feed one filtered reading (negative = sensor fault). Returns the new state."""
         if level < 0:
-            return self.event(E_FAULT)
+            return self.event(_E_FAULT)
         ev = self.classify(level)
         s = self.state
         if s == WARMUP:
             self._count += 1
             if self._count < self.warmup:
                 return s
-            s = self.event(E_WARM)
+            s = self.event(_E_WARM)
         elif s == FAULT:
             s = self.event(ev)
         # The reading that ends warm-up or a fault is also the resumed state's first one.
-        if ev == E_LOW and (s == MONITOR or s == CONFIRM):
-            self.event(E_LOW)
+        if ev == _E_LOW and (s == MONITOR or s == CONFIRM):
+            self.event(_E_LOW)
             self._count += 1
             if self._count >= self.confirm:
-                return self.event(E_CONFIRMED)
+                return self.event(_E_CONFIRMED)
             return self.state
         return self.event(ev)
 

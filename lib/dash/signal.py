@@ -15,7 +15,7 @@ F_SATURATED = const(-2)  # at the converter's rail
 F_STUCK = const(-3)  # the same raw count too many times in a row
 F_JUMP = const(-4)  # dropped faster than anything can be consumed
 
-FAULT_NAMES = {F_RANGE: "out_of_range", F_SATURATED: "saturated", F_STUCK: "stuck", F_JUMP: "jump"}
+FAULT_NAMES = ("", "out_of_range", "saturated", "stuck", "jump")  # at minus the code
 
 
 class Signal:
