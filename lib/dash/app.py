@@ -142,8 +142,13 @@ class App:
     # -- reporting ------------------------------------------------------------------------
 
     def log(self, tag, **fields):
-        """One line per event: uptime seconds, a tag, JSON details. Never given a secret."""
-        self.out("[%7d] %s %s" % (self._up_s, tag, json.dumps(fields)))
+        """One line per event: uptime seconds, a tag, JSON details. Never given a secret.
+        Never raises for want of memory: then the line is the tag alone."""
+        try:
+            line = "[%7d] %s %s" % (self._up_s, tag, json.dumps(fields))
+        except MemoryError:
+            line = tag
+        self.out(line)
 
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
@@ -461,6 +466,9 @@ def main():
         try:
             wait = app.step()
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
-            app.log("error", reason=_describe(e))
+            try:
+                app.log("error", reason=_describe(e))
+            except MemoryError:
+                pass  # no room even to say why: the next step is the next try
             wait = _IDLE_MS
         clock.sleep_ms(wait)

@@ -84,9 +84,12 @@ class Https:
 
     def _context(self):
         if self._ctx is None:
+            # The trust store first: when reading it fails (a MemoryError, say), the context
+            # made at import is still there for the next try, not a 3 KB block to find again.
+            ders = load_trust_store(self.ca_path)
             ctx = _fresh.pop() if _fresh else tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stubs lack it
-            for der in load_trust_store(self.ca_path):
+            for der in ders:
                 try:
                     ctx.load_verify_locations(der)
                 except ValueError:

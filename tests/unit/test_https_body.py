@@ -107,3 +107,24 @@ def test_a_body_too_big_for_the_buffer_goes_on_in_the_reserved_spill():
     small = bytearray(BUF + 100)
     body = answer(b"HTTP/1.1 200 OK\r\n\r\n", data, 300, spill=small)[1]
     assert bytes(body) == data and not in_buffer(body, small) and not in_buffer(body)
+
+
+def test_a_trust_store_that_cannot_be_read_leaves_the_context_made_at_import():
+    import tls
+
+    if not https._fresh:
+        https._fresh.append(tls.SSLContext(tls.PROTOCOL_TLS_CLIENT))
+    ctx = https._fresh[0]
+    real = https.load_trust_store
+
+    def no_room(path):
+        raise MemoryError
+
+    https.load_trust_store = no_room
+    try:
+        https.Https("ca.pem", 3)._context()
+    except MemoryError:
+        pass
+    finally:
+        https.load_trust_store = real
+    assert https._fresh == [ctx]  # the next connection still has it, no 3 KB block to find
