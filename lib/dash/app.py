@@ -152,8 +152,8 @@ class App:
 
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
-        out = _lib("start").status(self)
-        _drop_phase("start")
+        out = _lib("status").status(self)
+        _drop("status")
         return out
 
     # -- boot -----------------------------------------------------------------------------
