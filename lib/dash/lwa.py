@@ -12,21 +12,20 @@ import json
 from micropython import const
 
 from dash import fsm, result
-from dash.check import printable
+from dash.check import printable, unreserved
 from dash.https import ERROR_NAMES, HttpError
 from dash.tokens import TOKENS, mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
 _FRAME = const(1024)  # an answer's head and the JSON around its tokens
-_UNRESERVED = b"-._~"
 
 
 def quote(s):
     """application/x-www-form-urlencoded value (tokens carry '|')."""
     out = bytearray()
     for c in s.encode() if isinstance(s, str) else s:
-        if 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in _UNRESERVED:
+        if unreserved(c):
             out.append(c)
         else:
             out += b"%%%02X" % c

@@ -1,3 +1,5 @@
+import gc
+
 from dash import config
 
 
@@ -150,3 +152,13 @@ def test_regions_pick_the_lwa_host_and_need_a_drs_host():
     assert config.validate(raw, SECRETS)[0]["lwa_url"] == "https://api.amazon.co.jp/auth/o2/token"
     raw["region"] = "mars"
     assert any("'region' must be one of na, eu, fe" in e for e in errors_of(raw))
+
+
+def test_checking_text_leaves_nothing_behind():
+    # Built without a string per character, which would itself intern them.
+    s = bytes(range(33, 127)).decode() * 3
+    gc.collect()
+    before = gc.mem_alloc()
+    assert config.printable(s) and not config.valid_slot(s, 500)
+    gc.collect()
+    assert gc.mem_alloc() == before  # no qstr interned per character
