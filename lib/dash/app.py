@@ -138,6 +138,7 @@ class App:
         self.creds_bad = False  # LwA refused the client: no call until the secrets change
         self._refused = None  # this step's refused token refresh: not tried twice in a step
         self._due_slot = None
+        self._unsaved = False  # a persist() found no memory: the next step writes the state
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -201,6 +202,19 @@ class App:
         return max(0, sl.deadline - self._up_s)
 
     def persist(self):
+        """Write state.json (only when it changed). False when there was no memory for it:
+        then flash is as it was, the next step tries again, and nothing that needs the write
+        on flash first (an order's intent) may go ahead."""
+        try:
+            self._persist()
+        except MemoryError:
+            self._unsaved = True
+            self.log("persist-postponed", reason="low memory")
+            return False
+        self._unsaved = False
+        return True
+
+    def _persist(self):
         for sl in self.slots:
             rec = sl.rec
             rec["st"] = sl.fsm.durable()
@@ -229,6 +243,8 @@ class App:
         self._ms = ms
         self._last = now
         self._refused = None
+        if self._unsaved:
+            self.persist()
         period = self.cfg["sample_s"]
         wait = period
         ordered = False
@@ -332,7 +348,16 @@ class App:
     def order(self, sl):
         """Place this slot's order now (see `ordering`, loaded for it and dropped again)."""
         self.authorise()
-        _lib("ordering").order(self, sl)
+        try:
+            ordering = _lib("ordering")
+        except MemoryError:
+            # Nothing left the device: back off as after any transient failure.
+            retry = self.cfg["retry_base_s"]
+            sl.deadline = self._up_s + retry
+            self.log("order-failed", slot=sl.id, reason="low memory", retry_in_s=retry)
+            self.transition(sl, fsm.E_RETRY)
+            return
+        ordering.order(self, sl)
         _drop_phase("ordering")
 
     def authorise(self):

@@ -114,7 +114,8 @@ def _replenish(app, sl):
     if subs.get(sl.id) != 1:
         return result.UNSUBSCRIBED, None, None, "", None
     rec["fl"] = 1
-    app.persist()  # the intent is on flash before anything leaves the device
+    if not app.persist():  # the intent is on flash before anything leaves the device
+        return result.TRANSIENT, None, None, "low memory: the intent is not on flash", None
     app.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
     ans, fail = call(app, drs.REPLENISH, drs.replenish_path(sl.id))
     if fail:

@@ -1,0 +1,140 @@
+"""The application when memory runs short: an event is never lost to a MemoryError raised by
+its own log line; a state write without memory is postponed to the next step, not lost; and
+an order whose intent could not be written does not leave the device."""
+
+from dash import app as app_module
+from dash import ordering, result
+from dash.app import App
+
+
+class Clock:
+    def ticks_ms(self):
+        return 0
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def wall(self):
+        return 0
+
+
+class NoRoom:
+    @staticmethod
+    def dumps(obj):
+        raise MemoryError
+
+
+class FlakyStore:
+    """Fails its next `fail` writes for want of memory, then writes."""
+
+    def __init__(self, fail):
+        self.fail = fail
+        self.saved = 0
+
+    def save(self, name, obj):
+        if self.fail:
+            self.fail -= 1
+            raise MemoryError
+        self.saved += 1
+        return True
+
+
+class Unregistered:
+    registered = False
+
+
+def app_with(store):
+    got = []
+    app = App(".", Clock(), got.append, rtc=object())
+    app.store = store
+    app.cfg = {"sample_s": 60}
+    app.tokens = Unregistered()
+    return app, got
+
+
+def test_a_log_line_without_room_for_its_details_is_its_tag():
+    app, got = app_with(None)
+    app.log("order-placed", slot="a", event_instance_id="e1")
+    assert got[-1].startswith("[      0] order-placed {") and '"slot": "a"' in got[-1]
+    real = app_module.json
+    app_module.json = NoRoom
+    try:
+        app.log("order-placed", slot="a", event_instance_id="e1")
+    finally:
+        app_module.json = real
+    assert got[-1] == "order-placed"
+
+
+def test_a_state_write_without_memory_is_made_by_the_next_step():
+    store = FlakyStore(1)
+    app, got = app_with(store)
+    assert app.persist() is False and store.saved == 0
+    assert "persist-postponed" in got[-1]
+    app.step()
+    assert store.saved == 1  # written, without anything having changed since
+    app.step()
+    assert store.saved == 1  # and only once
+
+
+class Slot:
+    id = "a"
+
+    def __init__(self):
+        self.rec = {}
+
+
+class OrderingApp:
+    """What `_replenish` asks of the application, with a state write that finds no memory.
+    No transport: a request would fail the test with an AttributeError."""
+
+    class tokens:
+        registered = True
+
+    state = {"sub": {"a": 1}}
+
+    def subscriptions_stale(self):
+        return False
+
+    def persist(self):
+        return False
+
+    def log(self, tag, **fields):
+        raise AssertionError("nothing to log before the request: " + tag)
+
+
+def test_an_order_whose_intent_is_not_on_flash_does_not_leave():
+    outcome, eid, code, reason, retry_after = ordering._replenish(OrderingApp(), Slot())
+    assert outcome == result.TRANSIENT and eid is None and "not on flash" in reason
+
+
+class Valid:
+    registered = True
+
+    def valid(self):
+        return True
+
+
+def test_an_order_whose_code_cannot_be_loaded_backs_off():
+    from dash import fsm
+
+    app, got = app_with(FlakyStore(0))
+    app.tokens = Valid()
+    app.cfg["retry_base_s"] = 30
+    m = fsm.Machine(100, 800, 1, 1)
+    m.state = fsm.ORDERING
+    sl = app_module.Slot({"slot_id": "a"}, None, None, m)
+    app.slots.append(sl)
+    real = app_module._lib
+
+    def no_room(name):
+        if name == "ordering":
+            raise MemoryError
+        return real(name)
+
+    app_module._lib = no_room
+    try:
+        app.order(sl)
+    finally:
+        app_module._lib = real
+    assert m.state == fsm.RETRY and app._left(sl) == 30
+    assert any("order-failed" in line and "low memory" in line for line in got)
