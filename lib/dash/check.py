@@ -1,10 +1,18 @@
-"""Small validity checks shared by the config, the DRS and the LwA code. Pure.
+"""Small validity checks shared by the config, the DRS and the LwA code. Pure. The host tools
+run them too (`dashctl` checks a config before it goes onto a board).
 
 They look at a string byte by byte through a memoryview: iterating the str itself would make a
 string of every character, and intern it for good (a qstr per distinct character, allocated
 while an answer is being checked)."""
 
 _UNRESERVED = b"-._~"
+
+
+def _octets(s):
+    try:
+        return memoryview(s)  # MicroPython: a str has the buffer protocol; no copy
+    except TypeError:
+        return s.encode()  # CPython
 
 
 def unreserved(c):
@@ -16,7 +24,7 @@ def valid_slot(s, maxlen=128):
     """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters."""
     if not isinstance(s, str) or not 0 < len(s) <= maxlen:
         return False
-    for c in memoryview(s):  # type: ignore[arg-type]  # a str has the buffer protocol here
+    for c in _octets(s):
         if not unreserved(c):
             return False
     return True
@@ -24,7 +32,7 @@ def valid_slot(s, maxlen=128):
 
 def printable(s):
     """Visible ASCII only: what may go into a header or a log line."""
-    for c in memoryview(s):
+    for c in _octets(s):
         if not 32 < c < 127:
             return False
     return True
