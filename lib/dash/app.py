@@ -12,13 +12,15 @@ periodic calls, registration, the token refresh (`lwa`), the code of a DRS call 
 again (`_lib`, `_drop_phase`).
 """
 
+import gc
 import json
 from binascii import crc32
 
 from micropython import const
 
-from dash import fsm, https, platform, result, store, tokens  # noqa: F401 - resident: load first
-from dash.signal import FAULT_NAMES
+# Resident. `check` is loaded now, not by the config checks that use it first, so it does not
+# stand in the middle of their heap once they are gone; the rest comes with start-up (`boot`).
+from dash import check, fsm, result  # noqa: F401
 
 TYPE_CHECKING = False  # the type checker reads it as True: names for annotations only
 if TYPE_CHECKING:
@@ -161,7 +163,20 @@ class App:
 
     def boot(self):
         """Load config and persisted state. Returns False (and idles) when config is bad."""
-        ok = _lib("start").boot(self)
+        # The config checks (our biggest code) run before the rest of the resident code is
+        # loaded, and their heap is collected before anything that stays is made: what stays
+        # is then not strewn through where they were, cutting the free heap into pieces.
+        config = _lib("config")
+        cfg, sec, errors = config.load(self.root)
+        urls = None
+        if not errors:
+            urls = (config.parse_url(cfg["drs_url"]), config.parse_url(cfg["lwa_url"]))
+        del config
+        _drop("config")
+        gc.collect()
+        from dash import https  # noqa: F401 - first: its buffer and TLS context are big blocks
+
+        ok = _lib("start").boot(self, cfg, sec, errors, urls)
         _drop_phase("start")  # and `episode`, if a slot resumed
         return ok
 
@@ -318,6 +333,8 @@ class App:
     def _changed(self, sl, old, new):
         level = sl.level
         if new == fsm.FAULT:
+            from dash.signal import FAULT_NAMES
+
             fault = FAULT_NAMES[-level] if -level < len(FAULT_NAMES) else "unreadable"
             self.log("sensor-fault", slot=sl.id, fault=fault, raw_level=level)
         elif old == fsm.FAULT:

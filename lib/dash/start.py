@@ -5,27 +5,22 @@ so none of it is resident.
 from micropython import const
 
 from dash import fsm
-from dash.app import STATE, Slot, _drop, _lib
+from dash.app import STATE, Slot
 
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
 
 
-def boot(app):
-    """Load config and persisted state. Returns False (and idles) when config is bad."""
-    config = _lib("config")
-    cfg, sec, errors = config.load(app.root)
+def boot(app, cfg, sec, errors, urls):
+    """Start from the checked config (`errors`: idle instead) and the persisted state.
+    Returns False when idling."""
     if errors:
         for e in errors:
             app.log("config-error", message=e)
         app.reason = "config"
         app.log("suspended", reason="config", hint="fix the files above, then reset")
-        _drop("config")
         return False
-    drs_url = config.parse_url(cfg["drs_url"])
-    lwa_url = config.parse_url(cfg["lwa_url"])
-    del config
-    _drop("config")  # its checks are done; its code is the biggest we have
+    drs_url, lwa_url = urls
     from dash.https import Https
     from dash.platform import net_up, open_sensor
     from dash.signal import Signal
