@@ -54,7 +54,9 @@ _D_SLOT = const(5)
 
 
 def _lib(name):
-    """Import one of our rarely used modules."""
+    """Import one of our rarely used modules, into a collected heap: its code then fills the
+    lowest holes instead of going above the last step's garbage (see `_drop_phase`)."""
+    gc.collect()
     return __import__("dash." + name, None, None, (name,))
 
 
