@@ -82,7 +82,9 @@ class Https:
         self._addr = {}
         self.buf = _buf
 
-    def _context(self):
+    def context(self):
+        """The TLS context, its trust store loaded: on the first request, or sooner (start-up
+        asks at boot, while the heap is in one piece: the certificates pass through it)."""
         if self._ctx is None:
             # The trust store first: when reading it fails (a MemoryError, say), the context
             # made at import is still there for the next try, not a 3 KB block to find again.
@@ -116,7 +118,7 @@ class Https:
         names we keep: retry-after, content-type, location (values as bytes). `spill`: a
         bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
-        ctx = self._context()
+        ctx = self.context()
         family, addr = self._resolve(host, port)
         raw = socket.socket(family, socket.SOCK_STREAM)
         s = None

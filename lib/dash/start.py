@@ -21,7 +21,7 @@ def boot(app, cfg, sec, errors, urls):
         app.log("suspended", reason="config", hint="fix the files above, then reset")
         return False
     drs_url, lwa_url = urls
-    from dash.https import Https
+    from dash.https import HttpError, Https
     from dash.platform import net_up, open_sensor
     from dash.signal import Signal
     from dash.store import Store, unpack
@@ -36,6 +36,10 @@ def boot(app, cfg, sec, errors, urls):
     net_up(*app.wifi)
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
+    try:
+        app.https.context()
+    except (HttpError, MemoryError):
+        pass  # the first request tries again, and reports it
     app.warm = unpack(app.rtc.read())[0] or {}
     app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
     for sc in cfg["slots"]:

@@ -122,7 +122,7 @@ def test_a_trust_store_that_cannot_be_read_leaves_the_context_made_at_import():
 
     https.load_trust_store = no_room
     try:
-        https.Https("ca.pem", 3)._context()
+        https.Https("ca.pem", 3).context()
     except MemoryError:
         pass
     finally:
