@@ -20,12 +20,18 @@ REPLENISH = (b"POST", b"DrsReplenishInput@1.0", b"DrsReplenishResult@1.0")
 def call(https, base, kind, path, token, body=b"", max_body=_MAX_ANSWER):
     """One DRS request. Returns (status, body, kept headers) from the transport."""
     host, port, prefix = base
-    head = b"Authorization: Bearer " + token.encode() + b"\r\n"
-    head += b"x-amzn-accept-type: " + _PFX + kind[2] + b"\r\n"
-    head += b"x-amzn-type-version: " + _PFX + kind[1] + b"\r\n"
-    if body:
-        head += b"Content-Type: application/json\r\n"
-    return https.request(kind[0], host, port, (prefix + path).encode(), head, body, max_body)
+    head = (
+        b"Authorization: Bearer ",
+        token,
+        b"\r\nx-amzn-accept-type: ",
+        _PFX,
+        kind[2],
+        b"\r\nx-amzn-type-version: ",
+        _PFX,
+        kind[1],
+        b"\r\nContent-Type: application/json\r\n" if body else b"\r\n",
+    )
+    return https.request(kind[0], host, port, prefix + path, head, body, max_body)
 
 
 def replenish_path(slot_id):

@@ -111,12 +111,14 @@ class Https:
             self._addr[key] = ai
         return ai
 
-    def request(self, method, host, port, path, headers=b"", body=b"", max_body=1024, spill=None):
+    def request(self, method, host, port, path, headers=(), body=b"", max_body=1024, spill=None):
         """Send one request; return (status, body, headers dict of the few we keep).
 
-        `headers` are complete header lines (bytes, each ending CRLF). The answer's header
-        names we keep: retry-after, content-type, location (values as bytes). `spill`: a
-        bytearray bigger than `buf` to go on in when the answer does not fit there.
+        `headers`: complete header lines (each ending CRLF) in pieces, bytes or ASCII str,
+        put together in `buf` (which the answer only needs once the request is out): a
+        header with a token in it is never built as one more heap object. The answer's
+        header names we keep: retry-after, content-type, location (values as bytes). `spill`:
+        a bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
         ctx = self.context()
         family, addr = self._resolve(host, port)
@@ -140,9 +142,14 @@ class Https:
                 # mbedTLS verification failures arrive as ValueError with a reason.
                 raise HttpError(E_TLS, str(e).strip())
             try:
-                s.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, path, host.encode()))
-                s.write(headers)
-                s.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                buf = self.buf
+                n = 0
+                for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
+                    n = _put(buf, n, piece)
+                for piece in headers:
+                    n = _put(buf, n, piece)
+                n = _put(buf, n, b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                s.write(memoryview(buf)[:n])
                 if body:
                     s.write(body)
                 return self._response(s, max_body, spill)
@@ -212,6 +219,15 @@ class Https:
                 raise HttpError(E_TOOBIG, "body")
             body = _read_body(s, mv[start:], n - start, length, max_body, deadline, spill)
         return status, body, kept
+
+
+def _put(buf, n, piece):
+    """Copy `piece` into `buf` at `n`; returns where it ends."""
+    end = n + len(piece)
+    if end > len(buf):
+        raise HttpError(E_TOOBIG, "request head")
+    buf[n:end] = memoryview(piece) if isinstance(piece, str) else piece  # type: ignore[arg-type]
+    return end
 
 
 def _timeout(e):

@@ -128,3 +128,11 @@ def test_a_trust_store_that_cannot_be_read_leaves_the_context_made_at_import():
     finally:
         https.load_trust_store = real
     assert https._fresh == [ctx]  # the next connection still has it, no 3 KB block to find
+
+
+def test_a_request_head_is_put_together_in_the_buffer_and_bounded_by_it():
+    buf = bytearray(8)
+    n = https._put(buf, 0, b"GET ")
+    n = https._put(buf, n, "/a")  # a str (a token, a path) goes in without a bytes copy
+    assert n == 6 and bytes(buf[:n]) == b"GET /a"
+    assert err(lambda: https._put(buf, n, "xyz")) == E_TOOBIG
