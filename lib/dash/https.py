@@ -37,8 +37,9 @@ _HEAD_MAX = const(2048)  # status line plus headers
 # The biggest head with the biggest DRS body (1 KB). LwA's answer with tokens of the usual
 # size (under 1 KB each) fits too; with two 2 KB tokens it is about 4.2 KB: see `spill`.
 _BUF = const(3072)
-# Allocated when the module is imported (among the first things the firmware does), while the
-# heap is still in one piece; there is one connection at a time, so one buffer.
+# Allocated when the module is imported (at boot, right after the config checks, before
+# anything else that stays), while the heap is still in one piece; there is one connection
+# at a time, so one buffer.
 _buf = bytearray(_BUF)
 # The first client's TLS context (3 KB) is made now too; its trust store is loaded later. A
 # context is never reused with another trust store, nor after one failed to load.
