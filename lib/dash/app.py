@@ -178,8 +178,7 @@ class App:
             urls = (config.parse_url(cfg["drs_url"]), config.parse_url(cfg["lwa_url"]))
         del config
         _drop("config")
-        gc.collect()
-        from dash import https  # noqa: F401 - first: its buffer and TLS context are big blocks
+        _lib("https")  # first: its buffer and TLS context are big blocks
 
         ok = _lib("start").boot(self, cfg, sec, errors, urls)
         _drop_phase("start")  # and `episode`, if a slot resumed

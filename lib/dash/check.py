@@ -8,7 +8,8 @@ while an answer is being checked)."""
 _UNRESERVED = b"-._~"
 
 
-def _octets(s):
+def octets(s):
+    """The bytes of a str or of bytes, to look at one by one."""
     try:
         return memoryview(s)  # MicroPython: a str has the buffer protocol; no copy
     except TypeError:
@@ -24,7 +25,7 @@ def valid_slot(s, maxlen=128):
     """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters."""
     if not isinstance(s, str) or not 0 < len(s) <= maxlen:
         return False
-    for c in _octets(s):
+    for c in octets(s):
         if not unreserved(c):
             return False
     return True
@@ -32,7 +33,7 @@ def valid_slot(s, maxlen=128):
 
 def printable(s):
     """Visible ASCII only: what may go into a header or a log line."""
-    for c in _octets(s):
+    for c in octets(s):
         if not 32 < c < 127:
             return False
     return True

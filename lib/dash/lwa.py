@@ -12,7 +12,7 @@ import json
 from micropython import const
 
 from dash import fsm, result
-from dash.check import printable, unreserved
+from dash.check import octets, printable, unreserved
 from dash.https import ERROR_NAMES, HttpError
 from dash.tokens import TOKENS, mark
 
@@ -24,7 +24,7 @@ _FRAME = const(1024)  # an answer's head and the JSON around its tokens
 def quote(s):
     """application/x-www-form-urlencoded value (tokens carry '|')."""
     out = bytearray()
-    for c in s.encode() if isinstance(s, str) else s:
+    for c in octets(s):
         if unreserved(c):
             out.append(c)
         else:

@@ -5,10 +5,9 @@ so none of it is resident.
 from micropython import const
 
 from dash import fsm
-from dash.app import STATE, Slot
+from dash.app import _BACKOFF_STATES, STATE, Slot
 
 _DAY = const(86400)
-_BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
 
 
 def boot(app, cfg, sec, errors, urls):
