@@ -212,6 +212,37 @@ def meminfo(dev):
     return res["free"], largest
 
 
+def qstrs(dev):
+    """The device's interned strings and what their pools take: names are never freed, and
+    each new pool is as big as all the earlier ones together."""
+    dev.command("meminfo")
+    line = next(ln for ln in reversed(dev.output) if "n_qstr=" in ln)
+    f = dict(kv.strip().split("=") for kv in line.split(":", 1)[1].split(","))
+    return {"count": int(f["n_qstr"]), "pool_bytes": int(f["n_total_bytes"])}
+
+
+def heap_by_module(art, resident):
+    """The heap each module takes imported, as .mpy files and from the ROMFS image (see
+    tools/vheap.py): resident ones kept, each phase's loaded alone on top of them."""
+    everything = sorted(p.stem for p in (REPO / "lib" / "dash").glob("*.py"))
+    # Dependencies first, so that each figure is the module's own; the app last.
+    order = ["result", "check", "fsm"]
+    resident = order + sorted(set(resident) - set(order) - {"app"}) + ["app"]
+    phases = [m for m in everything if m not in resident and m != "bench"]
+    out = {}
+    for variant, source in (("mpy", art["mpy"]), ("romfs", art["image"])):
+        proc = subprocess.run(
+            [MICROPYTHON, "-X", "heapsize=4M", str(HERE / "vheap.py"), str(source)]
+            + [",".join(resident), ",".join(phases)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        out[variant] = json.loads(proc.stdout)
+    return out
+
+
 def run(args, work):
     certs = ensure_certs(str(REPO / "build" / "certs"))
     art = build(work)
@@ -244,6 +275,7 @@ def run(args, work):
         dev.start()
         try:
             dev.run(30 * 60)
+            resident = dev.command("meminfo")["modules"]
             steady = dev.command("steady", "200")
             r["loop_alloc_bytes"] = steady["alloc_bytes"] // 200
             r["loop_heap_locked_ok"] = steady["heap_locked_ok"]
@@ -267,6 +299,7 @@ def run(args, work):
             dev.run(24 * 3600)
             r["flash_writes_idle_day_token_kept"] = dev.status()["flash_writes"] - w0
             emu.rotate_refresh_tokens = True
+            r["qstrs_after_cycles"] = qstrs(dev)
         finally:
             dev.stop()
         # Warm: the access token was still valid when the order was decided.
@@ -302,6 +335,7 @@ def run(args, work):
             free, largest = meminfo(dev)
         finally:
             dev.stop()
+        r["heap_by_module"] = heap_by_module(art, resident)
         r["heap_fragmentation"] = {
             "cycles": args.frag_cycles,
             "heap_kb": args.frag_heap_kb,
@@ -355,6 +389,20 @@ def table(r):
         "%-28s %10s %10s  largest free block / free after %d cycles in %d KB"
         % ("heap_fragmentation", f["largest_over_free"], "", f["cycles"], f["heap_kb"])
     )
+    q = r["qstrs_after_cycles"]
+    lines.append(
+        "%-28s %10s %10s  interned names, and their pools' bytes"
+        % ("qstrs_after_cycles", q["count"], q["pool_bytes"])
+    )
+    lines.append("heap_by_module, bytes imported (.mpy / from ROMFS):")
+    for part in ("resident", "phases"):
+        mpy, rom = r["heap_by_module"]["mpy"][part], r["heap_by_module"]["romfs"][part]
+        lines.append(
+            "  %-9s %6d / %5d  " % (part, sum(mpy.values()), sum(rom.values()))
+            + ", ".join(
+                "%s %d/%d" % (m, mpy[m], rom[m]) for m in sorted(mpy, key=mpy.get, reverse=True)
+            )
+        )
     return "\n".join(lines)
 
 

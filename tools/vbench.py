@@ -1,8 +1,43 @@
-"""Measurements inside the simulated device, for `make bench` and the allocation test. Runs
-under `micropython`, imported by tools/vdevice.py only when one of its commands is used, so
-the harness weighs as little as it can in the heap figures."""
+"""The simulated device's commands beyond run/status/exit (tools/vdevice.py), and its
+measurements for `make bench` and the allocation test. Runs under `micropython`, imported by
+vdevice only when one of these commands is used, so the harness weighs as little as it can in
+the heap figures."""
+
+import json
 
 from dash import fsm
+
+
+def command(app, clock, ok, cmd, line, hog):
+    """One command line (split into `cmd`); prints its '@' answer."""
+    name = cmd[0]
+    if name == "challenge" and ok:
+        out = app.challenge()
+    elif name == "register" and ok and len(cmd) == 2:
+        out = app.register(cmd[1])
+    elif name == "deregister" and ok:
+        out = app.deregister()
+    elif name == "relay" and ok:
+        try:
+            msg = json.loads(line[len("relay") :])
+        except ValueError:
+            msg = None
+        out = app.relay(msg)
+    elif name == "steady" and ok and len(cmd) == 2:
+        out = steady(app, clock, int(cmd[1]))
+    elif name == "cycle" and ok:
+        out = cycle(app, clock, cmd[-1] == "cold")
+    elif name == "meminfo":
+        out = meminfo()
+    elif name == "hog" and len(cmd) == 2:
+        import gc
+
+        hog.extend(bytearray(480) for _ in range(int(cmd[1]) * 2))
+        gc.collect()
+        out = {"free": gc.mem_free()}
+    else:
+        name, out = "error", {"unknown": name}
+    print("@%s %s" % (name, json.dumps(out)))
 
 
 class _Held:
@@ -82,6 +117,7 @@ def cycle(app, clock, cold):
 
 def meminfo():
     import gc
+    import sys
 
     import micropython
 
@@ -89,4 +125,6 @@ def meminfo():
     free = gc.mem_free()
     # mem_info() prints "... max free sz: N" in blocks; a block is free/total blocks apart.
     micropython.mem_info()
-    return {"free": free, "alloc": gc.mem_alloc()}
+    micropython.qstr_info()  # "qstr pool: ... n_qstr=N, ... n_total_bytes=N"
+    mods = sorted(m[5:] for m in sys.modules if m.startswith("dash."))
+    return {"free": free, "alloc": gc.mem_alloc(), "modules": mods}
