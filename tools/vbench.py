@@ -12,17 +12,17 @@ def command(app, clock, ok, cmd, line, hog):
     """One command line (split into `cmd`); prints its '@' answer."""
     name = cmd[0]
     if name == "challenge" and ok:
-        out = app.challenge()
+        out = app.provision("give_challenge")
     elif name == "register" and ok and len(cmd) == 2:
-        out = app.register(cmd[1])
+        out = app.provision("register", cmd[1])
     elif name == "deregister" and ok:
-        out = app.deregister()
+        out = app.provision("deregister")
     elif name == "relay" and ok:
         try:
             msg = json.loads(line[len("relay") :])
         except ValueError:
             msg = None
-        out = app.relay(msg)
+        out = app.provision("relay", msg)
     elif name == "steady" and ok and len(cmd) == 2:
         out = steady(app, clock, int(cmd[1]))
     elif name == "cycle" and ok:

@@ -468,26 +468,14 @@ class App:
 
     # -- registration and relayed notifications (see `provision`) -------------------------
 
-    def _provision(self, fn, *args):
+    def provision(self, fn, *args):
+        """Run `provision.<fn>(app, *args)`: "give_challenge", "register" (code), "deregister",
+        "relay" (message) or "test_order" (slot id). One entry, not a method each: rarely
+        used, so the resident code carries one function for them, not five."""
         self._refused = None
         out = getattr(_lib("provision"), fn)(self, *args)
         _drop_phase("provision")
         return out
-
-    def challenge(self):
-        return self._provision("give_challenge")
-
-    def register(self, code):
-        return self._provision("register", code)
-
-    def deregister(self):
-        return self._provision("deregister")
-
-    def relay(self, msg):
-        return self._provision("relay", msg)
-
-    def test_order(self, slot_id=None):
-        return self._provision("test_order", slot_id)
 
     @staticmethod
     def rand():

@@ -49,15 +49,15 @@ def status():
 
 
 def challenge():
-    return _run(lambda app: app.challenge())
+    return _run(lambda app: app.provision("give_challenge"))
 
 
 def register(code):
-    return _run(lambda app: app.register(code))
+    return _run(lambda app: app.provision("register", code))
 
 
 def deregister():
-    return _run(lambda app: app.deregister())
+    return _run(lambda app: app.provision("deregister"))
 
 
 def relay(text):
@@ -66,7 +66,7 @@ def relay(text):
             msg = json.loads(text)
         except ValueError:
             msg = None
-        out = app.relay(msg)
+        out = app.provision("relay", msg)
         if app.verify_reg:
             # This app lives for one command: ask LwA now whether the registration is gone.
             from dash import duties
@@ -79,7 +79,7 @@ def relay(text):
 
 
 def test_order(slot_id=None):
-    return _run(lambda app: app.test_order(slot_id))
+    return _run(lambda app: app.provision("test_order", slot_id))
 
 
 # What a factory reset forgets: every secret and everything learned; not the code, the
