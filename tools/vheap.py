@@ -48,12 +48,14 @@ def main():
     out = {"resident": {}, "phases": {}}
     for name in resident:
         out["resident"][name] = _import(name)
+    from dash.app import _drop  # resident by now
+
     for name in phases:
         had = set(sys.modules)
         out["phases"][name] = _import(name)
         for mod in set(sys.modules) - had:
-            del sys.modules[mod]
-            delattr(sys.modules["dash"], mod.split(".")[-1])
+            if mod.startswith("dash."):
+                _drop(mod[5:])  # as the firmware drops a phase
     print(json.dumps(out))
 
 

@@ -393,8 +393,7 @@ class App:
                 self._refused = _lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
                 self._refused = (result.TRANSIENT, _describe(e), False, None)
-            _drop("lwa")
-            gc.collect()  # as after any phase (`_drop_phase`)
+            _drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
         return self._refused
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------
