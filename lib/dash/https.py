@@ -6,8 +6,10 @@ name the host; every socket operation has a timeout; the response is read into o
 allocated at start-up, the body within a caller-given limit; sockets are closed on every path.
 This module reports what happened; it decides nothing (no retries, no redirects).
 
-A body that fits in the buffer with the head (every DRS answer, and LwA's with tokens of the
-usual size) comes back as a memoryview of it, valid until the next request: parse it at once.
+The head is read a line at a time through the buffer, so the body has all of it: a body that
+fits (every DRS answer, and LwA's with tokens of the usual size) comes back as a memoryview of
+it, valid until the next request: parse it at once. A request's head is put together in the
+buffer too, sent whenever it is full.
 With a length, without one (read until close) or chunked (de-chunked in place), reading it
 allocates nothing, so it cannot fail for want of memory after the server has acted on the
 request (LwA may have rotated the refresh token). A caller expecting a bigger answer reserves
@@ -34,9 +36,10 @@ E_CA = const(8)  # trust store missing or unreadable
 ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
 
 _HEAD_MAX = const(2048)  # status line plus headers
-# The biggest head with the biggest DRS body (1 KB). LwA's answer with tokens of the usual
-# size (under 1 KB each) fits too; with two 2 KB tokens it is about 4.2 KB: see `spill`.
-_BUF = const(3072)
+# LwA's answer with two tokens of the usual size (under 700 bytes each) and the JSON around
+# them (see `lwa`), and so every DRS body (1 KB at most); the head passes a line at a time.
+# Bigger answers go on in a buffer their caller reserves (`spill`).
+_BUF = const(1664)
 # Allocated when the module is imported (at boot, right after the config checks, before
 # anything else that stays), while the heap is still in one piece; there is one connection
 # at a time, so one buffer.
@@ -146,13 +149,13 @@ class Https:
                 buf = self.buf
                 n = 0
                 for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
-                    n = _put(buf, n, piece)
+                    n = _put(s, buf, n, piece)
                 for piece in headers:
-                    n = _put(buf, n, piece)
-                n = _put(buf, n, b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-                s.write(memoryview(buf)[:n])
+                    n = _put(s, buf, n, piece)
+                n = _put(s, buf, n, b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                _send(s, memoryview(buf)[:n])
                 if body:
-                    s.write(body)
+                    _send(s, body)
                 return self._response(s, max_body, spill)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
@@ -165,70 +168,115 @@ class Https:
             raw.close()
 
     def _response(self, s, max_body, spill=None):
-        head = self.buf
-        mv = memoryview(head)
-        n = 0
-        end = -1
+        buf = self.buf
+        mv = memoryview(buf)
+        size = len(buf)
         deadline = time.ticks_add(time.ticks_ms(), self.timeout_s * 3000)
-        while end < 0:
-            if n >= _HEAD_MAX:
-                raise HttpError(E_TOOBIG, "head")
-            got = s.readinto(mv[n:_HEAD_MAX])
-            if not got:
-                raise HttpError(E_RESET, "head")
-            n += got
-            end = head.find(b"\r\n\r\n", 0, n)
-            _check_deadline(deadline)
-        # Status line: HTTP/1.x NNN reason
-        eol = head.find(b"\r\n")
-        if head[:7] not in (b"HTTP/1.", b"HTTP/1") or eol < 12 or head[12:13] not in (b" ", b"\r"):
-            raise HttpError(E_PROTO, "status")
-        try:
-            status = int(head[9:12])
-        except ValueError:
-            raise HttpError(E_PROTO, "status")
-        if not 100 <= status <= 599:
-            raise HttpError(E_PROTO, "status")
+        # The head is parsed a line at a time and each line's bytes are let go of at once,
+        # so the buffer holds the longest line, not the whole head; the body then starts at
+        # the buffer's start. A line longer than the buffer is skipped (none we keep is).
+        n = pos = 0  # bytes in buf; where the unparsed ones start
+        head = 0  # head bytes read so far, bounded as a whole
+        skip = False  # in the middle of a line too long for the buffer
+        status = 0
         kept = {}
         length = -1
         chunked = False
-        pos = eol + 2
-        while pos < end:
-            eol = head.find(b"\r\n", pos, end + 2)
-            colon = head.find(b":", pos, eol)
-            if colon <= pos:
-                raise HttpError(E_PROTO, "header")
-            name = bytes(head[pos:colon]).lower()
-            value = bytes(head[colon + 1 : eol]).strip()
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise HttpError(E_PROTO, "content-length")
-                if length < 0:
-                    raise HttpError(E_PROTO, "content-length")
-            elif name == b"transfer-encoding":
-                chunked = value.lower() == b"chunked"
-            elif name in (b"retry-after", b"content-type", b"location"):
-                kept[name.decode()] = value
+        while True:
+            eol = buf.find(b"\r\n", pos, n)
+            if eol < 0:
+                if skip or pos == 0 and n == size:
+                    if not status:
+                        raise HttpError(E_TOOBIG, "head")
+                    # Keep a last CR: its LF may come next.
+                    pos = n - 1 if buf[n - 1] == 13 else n
+                    skip = True
+                mv[: n - pos] = mv[pos:n]
+                n -= pos
+                pos = 0
+                if head - n > _HEAD_MAX:  # what was let go of was head, all of it
+                    raise HttpError(E_TOOBIG, "head")
+                got = s.readinto(mv[n:])
+                if not got:
+                    raise HttpError(E_RESET, "head")
+                n += got
+                head += got
+                _check_deadline(deadline)
+                continue
+            if skip:
+                skip = False
+            elif not status:
+                status = _status(buf, pos, eol)
+            elif eol == pos:
+                pos += 2
+                break
+            else:
+                colon = buf.find(b":", pos, eol)
+                if colon <= pos:
+                    raise HttpError(E_PROTO, "header")
+                name = bytes(mv[pos:colon]).lower()
+                value = bytes(mv[colon + 1 : eol]).strip()
+                if name == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        raise HttpError(E_PROTO, "content-length")
+                    if length < 0:
+                        raise HttpError(E_PROTO, "content-length")
+                elif name == b"transfer-encoding":
+                    chunked = value.lower() == b"chunked"
+                elif name in (b"retry-after", b"content-type", b"location"):
+                    kept[name.decode()] = value
             pos = eol + 2
-        start = end + 4
+            if head - (n - pos) > _HEAD_MAX:
+                raise HttpError(E_TOOBIG, "head")
+        n -= pos
+        mv[:n] = mv[pos : pos + n]
         if chunked:
-            body = _read_chunked(s, head, start, n, max_body, deadline, spill)
+            body = _read_chunked(s, buf, 0, n, max_body, deadline, spill)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, mv[start:], n - start, length, max_body, deadline, spill)
+            body = _read_body(s, mv, n, length, max_body, deadline, spill)
         return status, body, kept
 
 
-def _put(buf, n, piece):
-    """Copy `piece` into `buf` at `n`; returns where it ends."""
+def _status(buf, pos, eol):
+    """The code of a status line, HTTP/1.x NNN reason."""
+    line = bytes(memoryview(buf)[pos:eol])
+    if line[:7] != b"HTTP/1." or len(line) < 12 or line[12:13] not in (b" ", b""):
+        raise HttpError(E_PROTO, "status")
+    try:
+        status = int(line[9:12])
+    except ValueError:
+        raise HttpError(E_PROTO, "status")
+    if not 100 <= status <= 599:
+        raise HttpError(E_PROTO, "status")
+    return status
+
+
+def _put(s, buf, n, piece):
+    """Copy `piece` into `buf` at `n`, first sending what is there when it would not fit;
+    returns where it ends. A piece bigger than the whole buffer is sent as it is."""
     end = n + len(piece)
     if end > len(buf):
-        raise HttpError(E_TOOBIG, "request head")
+        _send(s, memoryview(buf)[:n])
+        n, end = 0, len(piece)
+        if end > len(buf):
+            _send(s, piece)
+            return 0
     buf[n:end] = memoryview(piece) if isinstance(piece, str) else piece  # type: ignore[arg-type]
     return end
+
+
+def _send(s, data):
+    """All of `data` (a TLS write may take only part of it)."""
+    mv = memoryview(data)
+    while mv:
+        sent = s.write(mv)
+        if not sent:
+            raise HttpError(E_RESET, "write")
+        mv = mv[sent:]
 
 
 def _timeout(e):

@@ -4,7 +4,8 @@ code of the DRS call that needs the token, and dropped again: the held tokens ar
 
 The refresh token may rotate: a new one is persisted (atomically) before the access token is
 used, so a power cut can never leave the device holding only a token the server has already
-retired. A refresh that does not rotate it writes nothing to flash.
+retired. A refresh that does not rotate it writes nothing to flash. The answer is read for its
+few members without building the rest (`members`), and each token is made once at its size.
 """
 
 import json
@@ -18,7 +19,7 @@ from dash.tokens import TOKENS, mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
-_FRAME = const(1024)  # an answer's head and the JSON around its tokens
+_FRAME = const(256)  # the JSON around an answer's tokens, and its chunk framing
 
 
 def quote(s):
@@ -40,14 +41,115 @@ def refresh_body(refresh_token, client_id, client_secret):
     return b
 
 
+_WS = b" \t\r\n"
+_NAMES = ("access_token", "refresh_token", "expires_in", "token_type", "error")
+
+
+def _skip(b, i):
+    """The first non-blank at or after i."""
+    while i < len(b) and b[i] in _WS:
+        i += 1
+    return i
+
+
+def _string_end(b, i):
+    """Just past the string that opens at b[i] (a quote); -1 when it does not close."""
+    i += 1
+    while i < len(b):
+        c = b[i]
+        if c == 34:
+            return i + 1
+        i += 2 if c == 92 else 1
+    return -1
+
+
+def _value_end(b, i):
+    """Just past the value that starts at b[i]: a string, an object or an array (nested ones
+    too, strings in them skipped whole), or a bare word (number, true, false, null)."""
+    n = len(b)
+    if i >= n:
+        return -1
+    c = b[i]
+    if c == 34:
+        return _string_end(b, i)
+    if c == 123 or c == 91:  # { [
+        depth = 0
+        while i < n:
+            c = b[i]
+            if c == 34:
+                i = _string_end(b, i)
+                if i < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    while i < n and b[i] not in b",}]" and b[i] not in _WS:
+        i += 1
+    return i
+
+
+def _value(b, i, j):
+    """The value in b[i:j]. A string without escapes (every token) is made once, at its own
+    size; json.loads would grow it while reading it, to twice that."""
+    if b[i] == 34:
+        k = i + 1
+        while k < j - 1 and b[k] != 92:
+            k += 1
+        if k == j - 1:
+            return str(b[i + 1 : j - 1], "utf-8")
+    return json.loads(bytes(b[i:j]))
+
+
+def members(body):
+    """{name: value} of the top-level members of the JSON object `body` that a token answer
+    is read for (`_NAMES`); the others are skipped, never built. None when the body is not
+    one JSON object."""
+    b = octets(body)
+    n = len(b)
+    out: dict = {}
+    i = _skip(b, 0)
+    if i >= n or b[i] != 123:
+        return None
+    i = _skip(b, i + 1)
+    if i < n and b[i] == 125:
+        return out if _skip(b, i + 1) == n else None
+    try:
+        while True:
+            if i >= n or b[i] != 34:
+                return None
+            j = _string_end(b, i)
+            if j < 0:
+                return None
+            name = str(b[i + 1 : j - 1], "utf-8") if j - i < 20 else ""
+            i = _skip(b, j)
+            if i >= n or b[i] != 58:  # :
+                return None
+            i = _skip(b, i + 1)
+            j = _value_end(b, i)
+            if j <= i:
+                return None
+            if name in _NAMES:
+                out[name] = _value(b, i, j)
+            i = _skip(b, j)
+            if i < n and b[i] == 44:  # ,
+                i = _skip(b, i + 1)
+            elif i < n and b[i] == 125:  # }
+                return out if _skip(b, i + 1) == n else None
+            else:
+                return None
+    except ValueError:  # a value we read is not JSON (or not UTF-8)
+        return None
+
+
 def parse_answer(status, body):
     """(outcome, access_token, refresh_token or None, expires_in_s, reason)."""
-    try:
-        obj = json.loads(body) if body else {}
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict):
-        obj = None
+    obj = members(body) if body else {}
     if status == 200:
         if obj is None:
             return result.TRANSIENT, None, None, 0, "token answer is not JSON"
@@ -116,17 +218,17 @@ def grant(tokens, https, url, form, need_refresh):
     """One token request (a refresh, or a code exchange): (outcome, reason). On success the
     tokens are taken, a rotated refresh token persisted before anything uses it."""
     host, port, path = url
-    # Room to parse the answer's tokens and save the refresh token (three token-sized
-    # pieces), taken before the request leaves and given back once the answer is in: after
-    # LwA has answered, a rotated refresh token must not be lost for want of memory. The
-    # new tokens are about as long as the current ones. Without that room, nothing is sent.
-    # The answer itself (both tokens, the JSON around them, the head) goes where the
-    # transport reads it; when it would not fit in the transport's buffer, into one
-    # reserved here.
+    # Room for the answer's tokens (two token-sized pieces: `members` makes each once at its
+    # size, and saving the refresh token takes no copy of it), taken before the request
+    # leaves and given back once the answer is in: after LwA has answered, a rotated refresh
+    # token must not be lost for want of memory. The new tokens are about as long as the
+    # current ones. Without that room, nothing is sent. The answer (both tokens and the JSON
+    # around them) goes where the transport reads it; when it would not fit in the
+    # transport's buffer, into one reserved here.
     piece = max(_PIECE_MIN, len(tokens.refresh), len(tokens.access or "")) + 64
     answer = 2 * piece + _FRAME
     try:
-        spare = [bytearray(piece), bytearray(piece), bytearray(piece)]
+        spare = [bytearray(piece), bytearray(piece)]
         spill = bytearray(answer) if answer > len(https.buf) else None
     except MemoryError:
         tokens.retry_after = None

@@ -17,18 +17,27 @@ from binascii import crc32
 
 from micropython import const
 
+from dash.check import printable
+
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
 _TAIL = b"\n#%08x\n"  # after the JSON: its CRC-32
 
 
 def _pieces(obj):
-    """The JSON of a dict, one top-level item at a time (as json.dumps would write it)."""
+    """The JSON of a dict, one top-level item at a time (as json.dumps would write it). A long
+    string that needs no escaping (a token) goes out as it is: saving it takes no copy of it,
+    so saving a rotated refresh token needs no memory beyond what holds it."""
     sep = "{"
     for k, v in obj.items():
         yield sep
         yield json.dumps(k)
         yield ": "
-        yield json.dumps(v)
+        if isinstance(v, str) and len(v) > 64 and printable(v) and '"' not in v and "\\" not in v:
+            yield '"'
+            yield v
+            yield '"'
+        else:
+            yield json.dumps(v)
         sep = ", "
     yield "{}" if sep == "{" else "}"
 

@@ -73,6 +73,27 @@ def test_token_answers():
         assert lwa.parse_answer(200, bad)[0] == result.TRANSIENT
 
 
+def test_a_token_answer_is_read_for_its_members_alone_and_strictly():
+    body = (
+        b' { "access_token" : "Atza|a\\/b" , "scope": {"a": [1, "}", {"b": "]"}]}, "n": null,'
+        b' "refresh_token": "Atzr|' + b"r" * 2000 + b'", "expires_in": 12 } '
+    )
+    got = lwa.members(body)
+    assert got == {
+        "access_token": "Atza|a/b",
+        "refresh_token": "Atzr|" + "r" * 2000,
+        "expires_in": 12,
+    }
+    assert lwa.members(b'{"error": "invalid_grant", "error_description": "a \\" }"}') == {
+        "error": "invalid_grant"
+    }
+    assert lwa.members(b"{}") == {}
+    for bad in (b"", b"[1]", b"{", b'{"a":}', b'{"a" 1}', b'{"a":1,}', b'{"a":1} x', b'{"a":[1}'):
+        assert lwa.members(bad) is None, bad
+    assert lwa.members(b'{"access_token": "open}') is None
+    assert lwa.members(b'{"expires_in": 1e}') is None  # a member it reads must be JSON
+
+
 def test_expiry_margin():
     assert tokens.fresh(1000, 1400, 300)
     assert not tokens.fresh(1000, 1300, 300)

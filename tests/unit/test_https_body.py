@@ -62,8 +62,8 @@ def test_with_a_length_the_body_is_read_in_place():
 
 
 def test_without_a_length_the_body_runs_to_the_close():
-    body = answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x" * 3000)[1]
-    assert bytes(body) == b"x" * 3000 and in_buffer(body)
+    body = answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x" * (BUF - 1))[1]
+    assert bytes(body) == b"x" * (BUF - 1) and in_buffer(body)
     big = answer(b"HTTP/1.1 200 OK\r\n\r\n", b"y" * (BUF + 100), 512)[1]
     assert bytes(big) == b"y" * (BUF + 100) and not in_buffer(big)  # too big: one of its own
     head = b"HTTP/1.1 200 OK\r\n\r\n"
@@ -130,9 +130,59 @@ def test_a_trust_store_that_cannot_be_read_leaves_the_context_made_at_import():
     assert https._fresh == [ctx]  # the next connection still has it, no 3 KB block to find
 
 
-def test_a_request_head_is_put_together_in_the_buffer_and_bounded_by_it():
+class Sink:
+    """A TLS socket's write: takes at most `piece` bytes a call, as a record may."""
+
+    def __init__(self, piece):
+        self.piece = piece
+        self.out = b""
+        self.calls = 0
+
+    def write(self, mv):
+        n = min(len(mv), self.piece)
+        self.out += bytes(mv[:n])
+        self.calls += 1
+        return n
+
+
+def test_a_request_head_is_put_together_in_the_buffer_and_sent_when_it_is_full():
+    s = Sink(5)
     buf = bytearray(8)
-    n = https._put(buf, 0, b"GET ")
-    n = https._put(buf, n, "/a")  # a str (a token, a path) goes in without a bytes copy
-    assert n == 6 and bytes(buf[:n]) == b"GET /a"
-    assert err(lambda: https._put(buf, n, "xyz")) == E_TOOBIG
+    n = https._put(s, buf, 0, b"GET ")
+    n = https._put(s, buf, n, "/a")  # a str (a token, a path) goes in without a bytes copy
+    assert n == 6 and bytes(buf[:n]) == b"GET /a" and s.out == b""
+    n = https._put(s, buf, n, "xyz")  # does not fit: what is there goes first
+    assert s.out == b"GET /a" and bytes(buf[:n]) == b"xyz"
+    n = https._put(s, buf, n, b"0123456789")  # bigger than the buffer: sent as it is
+    https._send(s, memoryview(buf)[:n])
+    assert n == 0 and s.out == b"GET /axyz0123456789"
+
+
+def test_the_head_passes_a_line_at_a_time_and_the_body_gets_the_whole_buffer():
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 100) for i in range(12))  # 1.4 KB
+    head = b"HTTP/1.1 429 Slow down\r\nRetry-After: 120\r\n" + pad
+    body = b"b" * BUF
+    st, got, kept = answer(head + b"Content-Length: %d\r\n\r\n" % BUF, body, 100)
+    assert st == 429 and bytes(got) == body and in_buffer(got)
+    assert kept == {"retry-after": b"120"}
+
+
+def test_a_header_line_longer_than_the_buffer_is_skipped_when_it_is_not_one_we_keep():
+    long = b"Set-Cookie: " + b"c" * (BUF + 200) + b"\r\n"
+    st, got, kept = answer(b"HTTP/1.1 200 OK\r\n" + long + b"Location: /x\r\n\r\n", b"ok", 97)
+    assert st == 200 and bytes(got) == b"ok" and kept == {"location": b"/x"}
+    # Within the head's bound only: more than 2 KB of head is too big, however it is cut.
+    longer = b"Set-Cookie: " + b"c" * 2100 + b"\r\n"
+    assert err(lambda: answer(b"HTTP/1.1 200 OK\r\n" + longer + b"\r\n", b"ok", 97)) == E_TOOBIG
+    lines = b"".join(b"X-%d: 1\r\n" % i for i in range(300))
+    assert err(lambda: answer(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\n", b"ok", 500)) == E_TOOBIG
+    # A status line longer than the buffer is no answer at all.
+    status = b"HTTP/1.1 200 " + b"O" * BUF + b"\r\n\r\n"
+    assert err(lambda: answer(status, b"", 97)) == E_TOOBIG
+    assert err(lambda: answer(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", b"")) == E_PROTO
+    assert err(lambda: answer(b"HTTP/2 200\r\n\r\n", b"")) == E_PROTO
+    assert err(lambda: answer(b"HTTP/1.1 200 OK\r\nX: 1\r\n", b"")) == E_RESET
+
+
+def test_a_write_that_takes_nothing_is_a_reset_not_a_hang():
+    assert err(lambda: https._send(Sink(0), b"abc")) == E_RESET
