@@ -9,12 +9,11 @@ This module reports what happened; it decides nothing (no retries, no redirects)
 The head is read a line at a time through the buffer, so the body has all of it: a body that
 fits (every DRS answer, and LwA's with tokens of the usual size) comes back as a memoryview of
 it, valid until the next request: parse it at once. A request's head is put together in the
-buffer too, sent whenever it is full.
-With a length, without one (read until close) or chunked (de-chunked in place), reading it
-allocates nothing, so it cannot fail for want of memory after the server has acted on the
-request (LwA may have rotated the refresh token). A caller expecting a bigger answer reserves
-a `spill` buffer before sending, and the answer goes on in that; only an answer bigger than
-both gets a buffer allocated while it is read.
+buffer too, sent whenever it is full. With a length, without one (read until close) or
+chunked (de-chunked in place), reading the body allocates nothing, so it cannot fail for want
+of memory after the server has acted on the request (LwA may have rotated the refresh token).
+A caller expecting a bigger answer reserves a `spill` buffer before sending, and the answer
+goes on in that; only an answer bigger than both gets a buffer allocated while it is read.
 """
 
 import socket
@@ -183,6 +182,8 @@ class Https:
         length = -1
         chunked = False
         while True:
+            if head - (n - pos) > _HEAD_MAX:  # what is parsed or let go of: head, all of it
+                raise HttpError(E_TOOBIG, "head")
             eol = buf.find(b"\r\n", pos, n)
             if eol < 0:
                 if skip or pos == 0 and n == size:
@@ -194,8 +195,6 @@ class Https:
                 mv[: n - pos] = mv[pos:n]
                 n -= pos
                 pos = 0
-                if head - n > _HEAD_MAX:  # what was let go of was head, all of it
-                    raise HttpError(E_TOOBIG, "head")
                 got = s.readinto(mv[n:])
                 if not got:
                     raise HttpError(E_RESET, "head")
@@ -228,8 +227,6 @@ class Https:
                 elif name in (b"retry-after", b"content-type", b"location"):
                     kept[name.decode()] = value
             pos = eol + 2
-            if head - (n - pos) > _HEAD_MAX:
-                raise HttpError(E_TOOBIG, "head")
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:

@@ -126,6 +126,7 @@ def members(body):
             j = _string_end(b, i)
             if j < 0:
                 return None
+            # A name longer than any in _NAMES is not made at all.
             name = str(b[i + 1 : j - 1], "utf-8") if j - i < 20 else ""
             i = _skip(b, j)
             if i >= n or b[i] != 58:  # :
