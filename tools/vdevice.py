@@ -18,33 +18,15 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
              same N steps under micropython.heap_lock() (any allocation fails them)
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
-Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown).
+Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown). From a ROMFS
+image (device code and this harness), it is started by tools/vrom.py.
 """
 
 import json
 import os
 import sys
 
-_ROMFS = os.getenv("VDEVICE_ROMFS")
-ROMFS_HEAP = 0
-if _ROMFS:
-    # The device code as a ROMFS image, as `mpremote romfs deploy` puts it on a board. There it
-    # is memory-mapped flash; here it must sit in the heap, and ROMFS_HEAP says how much.
-    import gc
-
-    import vfs
-
-    gc.collect()
-    _before = gc.mem_alloc()
-    _img = bytearray(os.stat(_ROMFS)[6])
-    with open(_ROMFS, "rb") as _f:
-        _f.readinto(_img)
-    vfs.mount(vfs.VfsRom(_img), "/rom")
-    sys.path.insert(0, "/rom")
-    gc.collect()
-    ROMFS_HEAP = gc.mem_alloc() - _before
-
-from dash.app import App  # noqa: E402
+from dash.app import App
 
 _MASK = 0x3FFFFFFF
 _HALF = 0x20000000
@@ -81,12 +63,13 @@ def _answer(tag, obj):
     sys.stdout.write("\n")
 
 
-def main():
+def main(romfs_heap=0):
+    """romfs_heap: the heap the ROMFS image takes (tools/vrom.py), for the bench to subtract."""
     wall = os.getenv("VDEVICE_WALL")
     clock = VirtualClock(int(wall) if wall is not None else 1790000000)
     app = App(".", clock)
     ok = app.boot()
-    print("@boot " + json.dumps({"ok": ok, "romfs_heap": ROMFS_HEAP}))
+    print("@boot " + json.dumps({"ok": ok, "romfs_heap": romfs_heap}))
     clock.due = 0
     hog = []
     while True:
