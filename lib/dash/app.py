@@ -33,19 +33,7 @@ _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
-# The periodic calls, by the number `_duty()` answers (0: none): module and function (two
-# items each, in one flat tuple), called with the app and the slot it is for (`_due_slot`,
-# for 4 and 5).
-# fmt: off
-_DUTIES = (
-    "", "",  # 0: nothing due
-    "duties", "verify_registration",  # a relayed DeviceDeregistered: is it true?
-    "duties", "fetch_subscriptions",
-    "reports", "device_status",
-    "reports", "order_info",
-    "reports", "slot_status",
-)
-# fmt: on
+# The periodic calls, by the number `_duty()` answers (0: none); `_run_duty` makes them.
 _D_VERIFY = const(1)
 _D_SUBS = const(2)
 _D_DEVICE = const(3)
@@ -276,17 +264,30 @@ class App:
         if not ordered:
             duty = self._duty()
             if duty:
-                name, fn = _DUTIES[2 * duty], _DUTIES[2 * duty + 1]
                 if duty != _D_VERIFY:  # that one refreshes on purpose, in `duties`
                     self.authorise()
                 try:
-                    failed = getattr(_lib(name), fn)(self, self._due_slot)
+                    failed = self._run_duty(duty, self._due_slot)
                 except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
                     failed = (result.TRANSIENT, _describe(e), None)
-                _drop_phase(name)
+                _drop_phase("duties" if duty <= _D_SUBS else "reports")
                 self._duty_done(duty, self._due_slot, failed)
                 self._due_slot = None
         return wait * 1000
+
+    def _run_duty(self, duty, sl):
+        """Make periodic call `duty`, its module loaded for it (calls, not a table of names:
+        each name in a table would be one more heap object)."""
+        if duty == _D_VERIFY:
+            return _lib("duties").verify_registration(self, sl)
+        if duty == _D_SUBS:
+            return _lib("duties").fetch_subscriptions(self, sl)
+        reports = _lib("reports")
+        if duty == _D_DEVICE:
+            return reports.device_status(self, sl)
+        if duty == _D_ORDER:
+            return reports.order_info(self, sl)
+        return reports.slot_status(self, sl)
 
     def _duty_done(self, duty, sl, failed):
         """Back off after a failed periodic call: per slot for a slot's, else device-wide."""
@@ -337,10 +338,9 @@ class App:
     def _changed(self, sl, old, new):
         level = sl.level
         if new == fsm.FAULT:
-            from dash.signal import FAULT_NAMES
+            from dash.signal import fault_name
 
-            fault = FAULT_NAMES[-level] if -level < len(FAULT_NAMES) else "unreadable"
-            self.log("sensor-fault", slot=sl.id, fault=fault, raw_level=level)
+            self.log("sensor-fault", slot=sl.id, fault=fault_name(level), raw_level=level)
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)
         self.log("state", slot=sl.id, frm=fsm.NAMES[old], to=fsm.NAMES[new], level=level)

@@ -32,7 +32,14 @@ E_RESET = const(5)  # connection closed or reset before a whole answer arrived
 E_PROTO = const(6)  # malformed answer
 E_TOOBIG = const(7)  # answer larger than allowed
 E_CA = const(8)  # trust store missing or unreadable
-ERROR_NAMES = ("", "dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca")
+# Their names, from E_DNS on: one string, not a tuple of them (each a heap object).
+_ERRORS = "dns connect tls timeout reset protocol too_big ca"
+
+
+def error_name(code):
+    """An error code's name, for the reason a failure is reported with."""
+    return _ERRORS.split()[code - 1]
+
 
 _HEAD_MAX = const(2048)  # status line plus headers
 # LwA's answer with two tokens of the usual size (under 700 bytes each) and the JSON around

@@ -5,7 +5,7 @@ only what sampling needs.
 """
 
 from dash import drs, result
-from dash.https import E_TIMEOUT, ERROR_NAMES, HttpError
+from dash.https import E_TIMEOUT, HttpError, error_name
 from dash.platform import net_up
 
 
@@ -23,7 +23,7 @@ def call(app, kind, path, body=b"", max_body=1024):
             ans = drs.call(app.https, app.drs_url, kind, path, tokens.access, body, max_body)
         except HttpError as e:
             code = e.args[0]
-            reason = "network: " + ERROR_NAMES[code]
+            reason = "network: " + error_name(code)
             return None, (result.TRANSIENT, reason, code >= E_TIMEOUT, None)
         if ans[0] in (400, 401, 403) and not again:
             app.log("auth-refused", path=path, status=ans[0], action="refresh token, retry once")

@@ -14,7 +14,7 @@ from micropython import const
 
 from dash import fsm, result
 from dash.check import octets, printable, unreserved
-from dash.https import ERROR_NAMES, HttpError
+from dash.https import HttpError, error_name
 from dash.tokens import TOKENS, mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
@@ -197,7 +197,7 @@ def refresh(app):
         form = refresh_body(tokens.refresh, tokens.client_id, tokens.client_secret)
         outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
     except HttpError as e:
-        return result.TRANSIENT, "network: " + ERROR_NAMES[e.args[0]], False, None
+        return result.TRANSIENT, "network: " + error_name(e.args[0]), False, None
     app.log("token-refresh", ok=outcome == result.OK, reason=reason)
     if outcome == result.OK:
         return None

@@ -81,7 +81,7 @@ def give_challenge(app):
 def register(app, code):
     """Exchange an authorization code from the registration page for the device's tokens."""
     from dash.check import printable
-    from dash.https import ERROR_NAMES, HttpError
+    from dash.https import HttpError, error_name
 
     def refuse(why):
         app.log("register-failed", reason=why)
@@ -103,7 +103,7 @@ def register(app, code):
     try:
         outcome, reason = exchange(tokens, app.https, app.lwa_url, code, redirect, v)
     except HttpError as e:
-        return refuse("network: " + ERROR_NAMES[e.args[0]])
+        return refuse("network: " + error_name(e.args[0]))
     if outcome != result.OK:
         return refuse(reason)
     app.store.remove(PKCE)  # a verifier is good for one exchange

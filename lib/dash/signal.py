@@ -15,7 +15,13 @@ F_SATURATED = const(-2)  # at the converter's rail
 F_STUCK = const(-3)  # the same raw count too many times in a row
 F_JUMP = const(-4)  # dropped faster than anything can be consumed
 
-FAULT_NAMES = ("", "out_of_range", "saturated", "stuck", "jump")  # at minus the code
+# Their names, from F_RANGE on: one string, not a tuple of them (each a heap object).
+_FAULTS = "out_of_range saturated stuck jump"
+
+
+def fault_name(level):
+    """A fault code's name, for the log."""
+    return _FAULTS.split()[-level - 1] if F_JUMP <= level < 0 else "unreadable"
 
 
 class Signal:
