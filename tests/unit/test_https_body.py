@@ -186,3 +186,9 @@ def test_a_header_line_longer_than_the_buffer_is_skipped_when_it_is_not_one_we_k
 
 def test_a_write_that_takes_nothing_is_a_reset_not_a_hang():
     assert err(lambda: https._send(Sink(0), b"abc")) == E_RESET
+
+
+def test_each_transport_error_has_its_name():
+    codes = (https.E_DNS, https.E_CONNECT, https.E_TLS, https.E_TIMEOUT, E_RESET, E_PROTO)
+    names = [https.error_name(c) for c in codes + (E_TOOBIG, https.E_CA)]
+    assert names == ["dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca"]

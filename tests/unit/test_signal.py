@@ -1,4 +1,4 @@
-from dash.signal import F_JUMP, F_RANGE, F_SATURATED, F_STUCK, Signal
+from dash.signal import F_JUMP, F_RANGE, F_SATURATED, F_STUCK, Signal, fault_name
 
 
 def test_calibrates_to_quantity():
@@ -75,3 +75,9 @@ def test_large_capacity_keeps_small_ints():
     assert abs(level - 500000) <= 5000, level
     assert Signal(0, 65535, 1000000, median=1).feed(65535) == 1000000
     assert Signal(60000, 4000, 100, median=1).shift == 0  # small products: exact, as before
+
+
+def test_each_fault_has_its_name_in_the_log():
+    names = [fault_name(c) for c in (F_RANGE, F_SATURATED, F_STUCK, F_JUMP)]
+    assert names == ["out_of_range", "saturated", "stuck", "jump"], names
+    assert fault_name(-5) == "unreadable"  # no reading at all (the app's code for it)
