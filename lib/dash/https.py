@@ -38,7 +38,7 @@ _ERRORS = "dns connect tls timeout reset protocol too_big ca"
 
 def error_name(code):
     """An error code's name, for the reason a failure is reported with."""
-    return _ERRORS.split()[code - 1]
+    return _ERRORS.split()[code - 1] if E_DNS <= code <= E_CA else "unknown"
 
 
 _HEAD_MAX = const(2048)  # status line plus headers
