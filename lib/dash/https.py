@@ -237,7 +237,7 @@ class Https:
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:
-            body = _read_chunked(s, buf, 0, n, max_body, deadline, spill)
+            body = _read_chunked(s, buf, n, max_body, deadline, spill)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
@@ -323,17 +323,17 @@ def _read_body(s, mv, have, length, max_body, deadline, spill):
     return mv[:have]
 
 
-def _read_chunked(s, buf, base, end, max_body, deadline, spill):
-    """De-chunk in place: `buf[base:end]` holds the raw bytes that came with the head, and each
-    chunk's data is moved down over the framing before it, so the body ends at buf[base:out].
+def _read_chunked(s, buf, end, max_body, deadline, spill):
+    """De-chunk in place: `buf[:end]` holds the raw bytes that came after the head, and each
+    chunk's data is moved down over the framing before it, so the body ends at buf[:out].
     Unparsed raw bytes are buf[pos:end]."""
-    out = pos = base
+    out = pos = 0
     while True:
         eol = buf.find(b"\r\n", pos, end)
         while eol < 0:
             if end - pos > 64:
                 raise HttpError(E_PROTO, "chunk")
-            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline, spill)
+            buf, pos, end = _more(s, buf, out, pos, end, max_body, deadline, spill)
             eol = buf.find(b"\r\n", pos, end)
         try:
             size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
@@ -343,11 +343,11 @@ def _read_chunked(s, buf, base, end, max_body, deadline, spill):
             raise HttpError(E_PROTO, "chunk")
         pos = eol + 2
         if size == 0:
-            return memoryview(buf)[base:out]  # trailers, if any, are not read
-        if out - base + size > max_body:
+            return memoryview(buf)[:out]  # trailers, if any, are not read
+        if out + size > max_body:
             raise HttpError(E_TOOBIG, "body")
         while end - pos < size + 2:
-            buf, pos, end = _more(s, buf, base, out, pos, end, max_body, deadline, spill)
+            buf, pos, end = _more(s, buf, out, pos, end, max_body, deadline, spill)
         if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
             raise HttpError(E_PROTO, "chunk")
         buf[out : out + size] = memoryview(buf)[pos : pos + size]
@@ -355,7 +355,7 @@ def _read_chunked(s, buf, base, end, max_body, deadline, spill):
         pos += size + 2
 
 
-def _more(s, buf, base, out, pos, end, max_body, deadline, spill):
+def _more(s, buf, out, pos, end, max_body, deadline, spill):
     """Read more raw bytes after `end`: when the buffer is full, first move the unparsed ones
     down to `out`, and only if that frees nothing, go on in `spill` or a bigger buffer."""
     if end == len(buf):
@@ -363,7 +363,7 @@ def _more(s, buf, base, out, pos, end, max_body, deadline, spill):
             buf[out : out + end - pos] = memoryview(buf)[pos:end]
             pos, end = out, out + end - pos
         if end == len(buf):
-            size = base + max_body + 80  # the whole body, one chunk's framing, its CRLF
+            size = max_body + 80  # the whole body, one chunk's framing, its CRLF
             if size <= len(buf):
                 raise HttpError(E_TOOBIG, "body")
             big = _bigger(spill, end, size)
