@@ -63,7 +63,7 @@ def _drop_phase(name):
     it may have loaded on the way, and collect now (a few ms, after a network call of
     seconds): what the next phase makes then fills the lowest holes, packed, instead of going
     above the garbage and cutting the free heap up."""
-    for n in (name, "link", "drs", "lwa", "episode", "provision"):
+    for n in (name, "link", "drs", "lwa", "episode", "provision", "daily"):
         _drop(n)
     gc.collect()
 
@@ -270,7 +270,9 @@ class App:
                     failed = self._run_duty(duty, self._due_slot)
                 except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
                     failed = (result.TRANSIENT, _describe(e), None)
-                _drop_phase("duties" if duty <= _D_SUBS else "reports")
+                _drop_phase(
+                    "duties" if duty <= _D_SUBS else "daily" if duty == _D_DEVICE else "reports"
+                )
                 self._duty_done(duty, self._due_slot, failed)
                 self._due_slot = None
         return wait * 1000
@@ -282,9 +284,9 @@ class App:
             return _lib("duties").verify_registration(self, sl)
         if duty == _D_SUBS:
             return _lib("duties").fetch_subscriptions(self, sl)
-        reports = _lib("reports")
         if duty == _D_DEVICE:
-            return reports.device_status(self, sl)
+            return _lib("daily").device_status(self, sl)
+        reports = _lib("reports")
         if duty == _D_ORDER:
             return reports.order_info(self, sl)
         return reports.slot_status(self, sl)

@@ -1,6 +1,6 @@
-"""The reports the device sends DRS: DeviceStatus once a day, SlotStatus as contents are
-used (with an estimate of when the slot will need replenishing), and GetOrderInfo while an
-order is open. Pure parsers and body builders, and the calls that use them.
+"""The reports the device sends DRS about a slot: SlotStatus as contents are used (with an
+estimate of when the slot will need replenishing), and GetOrderInfo while an order is open.
+Pure parsers and body builders, and the calls that use them. DeviceStatus is in `daily`.
 
 Imported by the application when one is due, and dropped again afterwards.
 """
@@ -11,9 +11,9 @@ from micropython import const
 
 from dash import result
 from dash.check import valid_slot
+from dash.daily import iso8601
 from dash.link import answer
 
-DEVICE_STATUS = (b"POST", b"DrsDeviceStatusInput@1.0", b"DrsDeviceStatusResult@1.0")
 SLOT_STATUS = (b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0")
 ORDER_INFO = (b"GET", b"DrsOrderInfoInput@1.0", b"DrsOrderInfoResult@1.0")
 
@@ -28,44 +28,6 @@ _DAY = const(86400)
 _FAR = const(365 * 86400)  # the latest expected replenishment date we ever report
 _RATE_FRAC = const(16)  # consumption rate per day is kept with 4 fraction bits
 _OK = (200, 201, 202, 204)
-
-
-def iso8601(t):
-    """Unix seconds as 'YYYY-MM-DDTHH:MM:SSZ' (integer civil-from-days, no time module)."""
-    days, s = divmod(t, 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    y = yoe + era * 400 + (1 if m <= 2 else 0)
-    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (y, m, d, s // 3600, s // 60 % 60, s % 60)
-
-
-def device_status_body(now):
-    return b'{"mostRecentlyActiveDate": "%s"}' % iso8601(now).encode()
-
-
-def device_status(app, sl=None):
-    now = app.clock.wall()
-    if not now:
-        app.wall_retry = app.up() + 600  # no clock yet: look again in ten minutes
-        return None
-    ds = app.warm["ds"]
-    if now - ds < _DAY:  # the clock became known just now, and it is not due yet
-        app.ds_up = app.up() + ds + _DAY - now
-        return None
-    ans, failed = answer(app, DEVICE_STATUS, "/deviceStatus", device_status_body(now), ok=_OK)
-    if failed:
-        return failed
-    app.warm["ds"] = now
-    app.ds_up = app.up() + _DAY
-    app.keep()
-    app.log("device-status", sent=iso8601(now))
-    return None
 
 
 def parse_order_status(body, eid):

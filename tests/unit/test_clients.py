@@ -1,6 +1,6 @@
 import json
 
-from dash import drs, duties, lwa, reports, result, tokens
+from dash import daily, drs, duties, lwa, reports, result, tokens
 
 
 def test_replenish_answers():
@@ -142,11 +142,11 @@ def test_event_ids_that_cannot_go_into_a_url_are_not_looked_up():
 
 
 def test_dates_and_report_bodies():
-    assert reports.iso8601(0) == "1970-01-01T00:00:00Z"
-    assert reports.iso8601(951782400) == "2000-02-29T00:00:00Z"
-    assert reports.iso8601(1790000000) == "2026-09-21T14:13:20Z"
-    assert reports.iso8601(4102444799) == "2099-12-31T23:59:59Z"
-    assert json.loads(reports.device_status_body(0)) == {
+    assert daily.iso8601(0) == "1970-01-01T00:00:00Z"
+    assert daily.iso8601(951782400) == "2000-02-29T00:00:00Z"
+    assert daily.iso8601(1790000000) == "2026-09-21T14:13:20Z"
+    assert daily.iso8601(4102444799) == "2099-12-31T23:59:59Z"
+    assert json.loads(daily.device_status_body(daily.iso8601(0))) == {
         "mostRecentlyActiveDate": "1970-01-01T00:00:00Z"
     }
     body = json.loads(reports.slot_status_body(35, 100, 35, 0, 86400))
