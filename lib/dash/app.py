@@ -72,8 +72,11 @@ class Slot:
     """One consumable: its sensor, signal path, state machine and persisted record."""
 
     def __init__(self, cfg, sensor, signal, machine):
+        # Of its config only what sampling and reports need: the config's dicts (and their
+        # keys, each a string object) are not kept. The thresholds are the machine's.
         self.id = cfg["slot_id"]
-        self.cfg = cfg
+        self.delta = cfg["report_delta"]
+        self.capacity = cfg["sensor"]["capacity"]
         self.sensor = sensor
         self.signal = signal
         self.fsm = machine
@@ -348,7 +351,7 @@ class App:
         self.log("state", slot=sl.id, frm=fsm.NAMES[old], to=fsm.NAMES[new], level=level)
         if new == fsm.MONITOR and old in (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY):
             rec = sl.rec
-            if level >= sl.cfg["high"]:
+            if level >= sl.fsm.high:
                 # Refilled: the depletion episode is over; the next one may order again.
                 self.log("refilled", slot=sl.id, level=level)
             rec["unc"] = 0
@@ -463,7 +466,7 @@ class App:
                 self.persist()
             return False
         return (
-            abs(last - level) >= sl.cfg["report_delta"]
+            abs(last - level) >= sl.delta
             and self._up_s - sl.report_up >= self.cfg["slot_status_min_s"]
         )
 

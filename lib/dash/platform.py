@@ -1,6 +1,7 @@
 """The thin platform layer: the only module that knows whether it runs on an ESP32 or the
-unix port. Clock, RTC memory, sensor adapters and network bring-up live here; nothing else
-imports `machine` or `network`."""
+unix port. Clock, RTC memory, sensor adapters and network bring-up live here (the ADC
+sensor in `adc`, loaded only for a slot that has one); nothing else imports `machine` or
+`network`."""
 
 import sys
 import time
@@ -76,19 +77,6 @@ class FileSensor:
             return None
 
 
-class AdcSensor:
-    """An analog level sensor on an ESP32 ADC pin, 16-bit scaled. Allocates nothing."""
-
-    def __init__(self, pin):
-        import machine
-
-        self._adc = machine.ADC(machine.Pin(pin))
-        self._adc.atten(machine.ADC.ATTN_11DB)
-
-    def read(self):
-        return self._adc.read_u16()
-
-
 def net_up(ssid, password, timeout_ms=20000):
     """Joins Wi-Fi and, once, sets the RTC from NTP. True when requests can go out.
 
@@ -121,5 +109,7 @@ def net_up(ssid, password, timeout_ms=20000):
 
 def open_sensor(cfg):
     if cfg["kind"] == "adc":
+        from dash.adc import AdcSensor  # its own module: only a board with one loads it
+
         return AdcSensor(cfg["pin"])
     return FileSensor(cfg["path"])

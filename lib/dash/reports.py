@@ -135,12 +135,12 @@ def slot_status(app, sl):
         rec.get("rl", level) - level,
         now - rec.get("rw", now),
         level,
-        sl.cfg["low"],
+        sl.fsm.low,
         now,
     )
     up = app.up()
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
-    body = slot_status_body(level, sl.cfg["sensor"]["capacity"], level, last_use, expected)
+    body = slot_status_body(level, sl.capacity, level, last_use, expected)
     ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)
     if failed:
         return failed

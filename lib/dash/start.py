@@ -41,7 +41,7 @@ def boot(app, cfg, sec, errors, urls):
         pass  # the first request tries again, and reports it
     app.warm = unpack(app.rtc.read())[0] or {}
     app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
-    for sc in cfg["slots"]:
+    for sc in cfg.pop("slots"):  # each Slot keeps what it needs of its part
         s = sc["sensor"]
         if s["kind"] == "file":
             s["path"] = app._path(s["path"])
