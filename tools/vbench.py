@@ -105,7 +105,7 @@ def cycle(app, clock, cold):
         for i, sl in enumerate(app.slots):
             if sl.fsm.state in done and was[i] not in done:
                 return {
-                    "state": fsm.NAMES[sl.fsm.state],
+                    "state": fsm.name(sl.fsm.state),
                     "ms": us / 1000,
                     "handshakes": app.https.handshakes - hs,
                     "writes": app.store.writes - wr,

@@ -348,7 +348,7 @@ class App:
             self.log("sensor-fault", slot=sl.id, fault=fault_name(level), raw_level=level)
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)
-        self.log("state", slot=sl.id, frm=fsm.NAMES[old], to=fsm.NAMES[new], level=level)
+        self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
         if new == fsm.MONITOR and old in (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY):
             rec = sl.rec
             if level >= sl.fsm.high:

@@ -40,7 +40,7 @@ def status():
         for i, sl in enumerate(app.slots):
             one = st["slots"][i]
             if sl.fsm.state == fsm.WARMUP:
-                one["state"] = fsm.NAMES[sl.fsm.durable()]
+                one["state"] = fsm.name(sl.fsm.durable())
             if len(app.slots) == 1:
                 st["state"] = one["state"]
         return st

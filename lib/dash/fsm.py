@@ -19,18 +19,8 @@ SUSPENDED = const(8)  # needs a human: unknown slot, revoked registration, bad c
 UNSUBSCRIBED = const(9)  # low, but the customer has no subscription for this slot
 N_STATES = const(10)
 
-NAMES = (
-    "warmup",
-    "monitor",
-    "confirm",
-    "ordering",
-    "ordered",
-    "inprogress",
-    "retry",
-    "fault",
-    "suspended",
-    "unsubscribed",
-)
+# Their names, in order: one string, not a tuple of strings (each a heap object); see `name`.
+_NAMES = "warmup monitor confirm ordering ordered inprogress retry fault suspended unsubscribed"
 
 # Events. Those only the samples raise are private: no name in the module's dict.
 _E_LOW = const(0)  # sane reading at or below the low threshold
@@ -73,6 +63,19 @@ _TABLE = bytes((
     _S,      _S,      MONITOR, FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, MONITOR, _S,            # noqa: E501 UNSUBSCRIBED
 ))
 # fmt: on
+
+
+def name(state):
+    """A state's name, for logs and status. It allocates the name (unless the text is
+    interned already); with no memory even for that, the number itself."""
+    try:
+        i = 0
+        for _ in range(state):
+            i = _NAMES.index(" ", i) + 1
+        j = _NAMES.find(" ", i)
+        return _NAMES[i:j] if j >= 0 else _NAMES[i:]
+    except MemoryError:
+        return state
 
 
 class Machine:

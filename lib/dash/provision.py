@@ -197,7 +197,7 @@ def test_order(app, slot_id):
     return {
         "ok": sl.fsm.state == fsm.ORDERED,
         "slot": sl.id,
-        "state": fsm.NAMES[sl.fsm.state],
+        "state": fsm.name(sl.fsm.state),
         "event_instance_id": rec.get("ev"),
         "detail_code": rec.get("dc"),
     }

@@ -136,7 +136,7 @@ def _restore_slot(app, sl):
     app.log(
         "boot",
         slot=sl.id,
-        state=fsm.NAMES[st],
+        state=fsm.name(st),
         event_instance_id=rec.get("ev"),
         backoff_s=app._left(sl),
     )

@@ -13,7 +13,7 @@ def status(app):
         slots.append(
             {
                 "slot": sl.id,
-                "state": fsm.NAMES[sl.fsm.state],
+                "state": fsm.name(sl.fsm.state),
                 "level": sl.level,
                 "orders_placed": sl.orders,
                 "event_instance_id": rec.get("ev"),

@@ -148,3 +148,30 @@ def test_suspended_only_leaves_on_rearm():
         if ev != fsm.E_REARM:
             assert m.event(ev) == fsm.SUSPENDED
     assert m.event(fsm.E_REARM) == fsm.MONITOR
+
+
+def test_each_state_keeps_its_name():
+    names = [fsm.name(s) for s in range(fsm.N_STATES)]
+    assert names == [
+        "warmup",
+        "monitor",
+        "confirm",
+        "ordering",
+        "ordered",
+        "inprogress",
+        "retry",
+        "fault",
+        "suspended",
+        "unsubscribed",
+    ]
+
+
+def test_a_name_without_memory_is_the_number():
+    import micropython
+
+    micropython.heap_lock()
+    try:
+        got = fsm.name(fsm.UNSUBSCRIBED)
+    finally:
+        micropython.heap_unlock()
+    assert got in ("unsubscribed", fsm.UNSUBSCRIBED)
