@@ -8,6 +8,15 @@ from dash import fsm
 from dash.app import _BACKOFF_STATES, STATE, Slot
 
 _DAY = const(86400)
+_BOOT_ONLY = (
+    "region",
+    "drs_url",
+    "lwa_url",
+    "ca_file",
+    "http_timeout_s",
+    "token_margin_s",
+    "slots",
+)
 
 
 def boot(app, cfg, sec, errors, urls):
@@ -26,7 +35,9 @@ def boot(app, cfg, sec, errors, urls):
     from dash.store import Store, unpack
     from dash.tokens import Tokens
 
-    app.cfg = cfg
+    # Kept: what runs after boot reads. The URLs (parsed already), the trust store's file, the
+    # transport's and the tokens' settings are used here only: their strings need not stay.
+    app.cfg = {k: cfg[k] for k in cfg if k not in _BOOT_ONLY}
     app.drs_url = drs_url
     app.lwa_url = lwa_url
     app.wifi = (sec["wifi_ssid"], sec["wifi_password"])
@@ -41,7 +52,7 @@ def boot(app, cfg, sec, errors, urls):
         pass  # the first request tries again, and reports it
     app.warm = unpack(app.rtc.read())[0] or {}
     app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
-    for sc in cfg.pop("slots"):  # each Slot keeps what it needs of its part
+    for sc in cfg["slots"]:  # each Slot keeps what it needs of its part
         s = sc["sensor"]
         if s["kind"] == "file":
             s["path"] = app._path(s["path"])
