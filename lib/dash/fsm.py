@@ -44,25 +44,27 @@ K_CREDS = const(2)  # LwA refused the client credentials: the secrets must chang
 K_REG = const(3)  # no registration: a new one resumes the slot
 K_UNLISTED = const(4)  # SubscriptionInfo does not list the slot: resumes when it does
 
-_R = const(15)  # "go back to the state we were in before warm-up or the fault"
-_S = const(14)  # "stay"
-
-# fmt: off
-# One row per state, one column per event:
-#   LOW      MID      HIGH     FAULT  WARM CONFIRMED TIMER     PLACED   INPROG      RETRY  SUSP       REARM    UNSUB
-_TABLE = bytes((
-    _S,      _S,      _S,      _S,    _R,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 WARMUP
-    CONFIRM, _S,      _S,      FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 MONITOR
-    _S,      MONITOR, MONITOR, FAULT, _S,  ORDERING, _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 CONFIRM
-    _S,      _S,      _S,      _S,    _S,  _S,       _S,       ORDERED, INPROGRESS, RETRY, SUSPENDED, _S,      UNSUBSCRIBED,  # noqa: E501 ORDERING
-    _S,      _S,      MONITOR, FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, MONITOR, _S,            # noqa: E501 ORDERED
-    _S,      _S,      MONITOR, FAULT, _S,  _S,       ORDERING, _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 INPROGRESS
-    _S,      _S,      MONITOR, FAULT, _S,  _S,       ORDERING, _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 RETRY
-    _R,      _R,      _R,      _S,    _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, _S,      _S,            # noqa: E501 FAULT
-    _S,      _S,      _S,      _S,    _S,  _S,       _S,       _S,      _S,         _S,    _S,        MONITOR, _S,            # noqa: E501 SUSPENDED
-    _S,      _S,      MONITOR, FAULT, _S,  _S,       _S,       _S,      _S,         _S,    SUSPENDED, MONITOR, _S,            # noqa: E501 UNSUBSCRIBED
-))
-# fmt: on
+# One row per state, one column per event: the number of the state the event leads to, "."
+# to stay, "r" to go back to the state before warm-up or the fault. Columns: L LOW, M MID,
+# H HIGH, F FAULT, W WARM, C CONFIRMED, T TIMER, P PLACED, I INPROGRESS, R RETRY, S SUSPEND,
+# A REARM, U UNSUB. Bytes, not bytes((...)) of the names: that tuple of 130 numbers would stay
+# in the heap (1 KB) as the module's constant.
+_STAY = const(46)  # "."
+_BACK = const(114)  # "r"
+_DIGIT = const(48)  # "0"
+#         LMHFWCTPIRSAU
+_TABLE = (
+    b"....r.....8.."  # 0 WARMUP
+    b"2..7......8.."  # 1 MONITOR
+    b".117.3....8.."  # 2 CONFIRM
+    b".......4568.9"  # 3 ORDERING
+    b"..17......81."  # 4 ORDERED
+    b"..17..3...8.."  # 5 INPROGRESS
+    b"..17..3...8.."  # 6 RETRY
+    b"rrr.......8.."  # 7 FAULT
+    b"...........1."  # 8 SUSPENDED
+    b"..17......81."  # 9 UNSUBSCRIBED
+)
 
 
 def name(state):
@@ -142,14 +144,16 @@ class Machine:
         """Apply one event through the table. Returns the new state."""
         s = self.state
         nxt = _TABLE[s * N_EVENTS + ev]
-        if nxt == _S:
+        if nxt == _STAY:
             return s
-        if nxt == _R:
+        if nxt == _BACK:
             nxt = self.resume
             self.resume = MONITOR
-        elif nxt == FAULT:
-            # Remember what to go back to; an unconfirmed low starts over.
-            self.resume = MONITOR if s == CONFIRM else s
+        else:
+            nxt -= _DIGIT
+            if nxt == FAULT:
+                # Remember what to go back to; an unconfirmed low starts over.
+                self.resume = MONITOR if s == CONFIRM else s
         self.state = nxt
         if nxt != CONFIRM:
             self._count = 0
