@@ -121,7 +121,7 @@ class App:
         self.reason = ""  # why the whole device idles (bad config)
         # Uptime in seconds plus a millisecond remainder, accumulated from tick deltas:
         # wrap-safe, and small ints for years (a board's small ints end at 2**30).
-        self._up_s = 0
+        self.up_s = 0
         self._ms = 0
         self._last = clock.ticks_ms()
         self.state: dict = {"slots": {}}
@@ -144,7 +144,7 @@ class App:
         """One line per event: uptime seconds, a tag, JSON details. Never given a secret.
         Never raises for want of memory: then the line is the tag alone."""
         try:
-            line = "[%7d] %s %s" % (self._up_s, tag, json.dumps(fields))
+            line = "[%7d] %s %s" % (self.up_s, tag, json.dumps(fields))
         except MemoryError:
             line = tag
         self.out(line)
@@ -203,13 +203,10 @@ class App:
 
     # -- persistence ----------------------------------------------------------------------
 
-    def up(self):
-        return self._up_s
-
     def _left(self, sl):
         if sl.deadline < 0:
             return -1
-        return max(0, sl.deadline - self._up_s)
+        return max(0, sl.deadline - self.up_s)
 
     def persist(self):
         """Write state.json (only when it changed). False when there was no memory for it:
@@ -248,7 +245,7 @@ class App:
         now = self.clock.ticks_ms()
         ms = self._ms + self.clock.ticks_diff(now, self._last)
         if ms >= 1000:
-            self._up_s += ms // 1000
+            self.up_s += ms // 1000
             ms %= 1000
         self._ms = ms
         self._last = now
@@ -311,7 +308,7 @@ class App:
             parse_retry_after(failed[2]),
         )
         owner.duty_att += 1
-        owner.duty_at = self._up_s + delay
+        owner.duty_at = self.up_s + delay
         if duty >= _D_ORDER:
             self.log("duty-failed", slot=sl.id, reason=failed[1], retry_in_s=delay)
         else:
@@ -326,7 +323,7 @@ class App:
         raw = sl.sensor.read()
         level = _F_UNREADABLE if raw is None else sl.signal.feed(raw)
         if 0 <= level < sl.level:
-            sl.used_up = self._up_s
+            sl.used_up = self.up_s
         sl.level = level
         st = m.sample(level)
         if st != before:
@@ -379,7 +376,7 @@ class App:
         except MemoryError:
             # Nothing left the device: back off as after any transient failure.
             retry = self.cfg["retry_base_s"]
-            sl.deadline = self._up_s + retry
+            sl.deadline = self.up_s + retry
             self.log("order-failed", slot=sl.id, reason="low memory", retry_in_s=retry)
             self.transition(sl, fsm.E_RETRY)
             return
@@ -406,14 +403,14 @@ class App:
     def subscriptions_stale(self):
         if self.sub_dirty or self.sub_at < 0:
             return True
-        return self._up_s - self.sub_at >= self.cfg["subscription_check_s"]
+        return self.up_s - self.sub_at >= self.cfg["subscription_check_s"]
 
     def _duty(self):
         """Which periodic call is due (0 for none; the slot in `_due_slot`). Nothing here
         allocates: a step with nothing to do must not."""
         if not self.tokens.registered or self.creds_bad:
             return 0
-        up = self._up_s
+        up = self.up_s
         if up >= self.duty_at:
             if self.verify_reg:
                 return _D_VERIFY
@@ -428,47 +425,40 @@ class App:
                     self.wall_retry = up + 600
                 else:
                     self.ds_up = max(0, self.warm["ds"] + _DAY - now)
+        # Per slot (inline, not a method each: a function is some 100 bytes of heap).
         for sl in self.slots:
             if up < sl.duty_at:
                 continue
             self._due_slot = sl
-            if self._order_check_due(sl):
+            rec = sl.rec
+            st = sl.fsm.state
+            if (  # an open order to ask GetOrderInfo about
+                st == fsm.ORDERED
+                and rec.get("ev")
+                and not rec.get("od")
+                and rec.get("oc", 0) < self.cfg["order_checks_max"]
+                and 0 <= sl.check_at <= up
+            ):
                 return _D_ORDER
-            if self._slot_status_due(sl):
+            level = sl.level
+            if level < 0 or st == fsm.WARMUP or st == fsm.FAULT or st == fsm.SUSPENDED:
+                continue
+            last = rec.get("rl", -1)
+            if last < 0:
+                # First sane reading ever: the baseline for SlotStatus, no report.
+                now = self.clock.wall()
+                if now:
+                    rec["rl"] = level
+                    rec["rw"] = now
+                    sl.report_up = up
+                    self.persist()
+            elif (
+                abs(last - level) >= sl.delta
+                and up - sl.report_up >= self.cfg["slot_status_min_s"]
+            ):
                 return _D_SLOT
         self._due_slot = None
         return 0
-
-    def _order_check_due(self, sl):
-        rec = sl.rec
-        return (
-            sl.fsm.state == fsm.ORDERED
-            and rec.get("ev")
-            and not rec.get("od")
-            and rec.get("oc", 0) < self.cfg["order_checks_max"]
-            and 0 <= sl.check_at <= self._up_s
-        )
-
-    def _slot_status_due(self, sl):
-        level = sl.level
-        st = sl.fsm.state
-        if level < 0 or st == fsm.WARMUP or st == fsm.FAULT or st == fsm.SUSPENDED:
-            return False
-        rec = sl.rec
-        last = rec.get("rl", -1)
-        if last < 0:
-            # First sane reading ever: the baseline, no report.
-            now = self.clock.wall()
-            if now:
-                rec["rl"] = level
-                rec["rw"] = now
-                sl.report_up = self._up_s
-                self.persist()
-            return False
-        return (
-            abs(last - level) >= sl.delta
-            and self._up_s - sl.report_up >= self.cfg["slot_status_min_s"]
-        )
 
     # -- registration and relayed notifications (see `provision`) -------------------------
 

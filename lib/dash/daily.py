@@ -35,11 +35,11 @@ def device_status_body(sent):
 def device_status(app, sl=None):
     now = app.clock.wall()
     if not now:
-        app.wall_retry = app.up() + 600  # no clock yet: look again in ten minutes
+        app.wall_retry = app.up_s + 600  # no clock yet: look again in ten minutes
         return None
     ds = app.warm["ds"]
     if now - ds < _DAY:  # the clock became known just now, and it is not due yet
-        app.ds_up = app.up() + ds + _DAY - now
+        app.ds_up = app.up_s + ds + _DAY - now
         return None
     sent = iso8601(now)
     body = device_status_body(sent)
@@ -47,7 +47,7 @@ def device_status(app, sl=None):
     if failed:
         return failed
     app.warm["ds"] = now
-    app.ds_up = app.up() + _DAY
+    app.ds_up = app.up_s + _DAY
     app.keep()
     app.log("device-status", sent=sent)
     return None

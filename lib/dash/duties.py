@@ -56,7 +56,7 @@ def fetch_subscriptions(app, sl=None):
     subs = parse_subscriptions(ans[1], [sl.id for sl in app.slots])
     if subs is None:
         return result.TRANSIENT, "SubscriptionInfo answer not understood", None
-    app.sub_at = app.up()
+    app.sub_at = app.up_s
     app.sub_dirty = False
     state = app.state
     old = state.get("sub") or {}

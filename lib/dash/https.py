@@ -212,7 +212,16 @@ class Https:
             if skip:
                 skip = False
             elif not status:
-                status = _status(buf, pos, eol)
+                # The status line: HTTP/1.x NNN reason.
+                line = bytes(mv[pos:eol])
+                if line[:7] != b"HTTP/1." or len(line) < 12 or line[12:13] not in (b" ", b""):
+                    raise HttpError(E_PROTO, "status")
+                try:
+                    status = int(line[9:12])
+                except ValueError:
+                    raise HttpError(E_PROTO, "status")
+                if not 100 <= status <= 599:
+                    raise HttpError(E_PROTO, "status")
             elif eol == pos:
                 pos += 2
                 break
@@ -243,20 +252,6 @@ class Https:
                 raise HttpError(E_TOOBIG, "body")
             body = _read_body(s, mv, n, length, max_body, deadline, spill)
         return status, body, kept
-
-
-def _status(buf, pos, eol):
-    """The code of a status line, HTTP/1.x NNN reason."""
-    line = bytes(memoryview(buf)[pos:eol])
-    if line[:7] != b"HTTP/1." or len(line) < 12 or line[12:13] not in (b" ", b""):
-        raise HttpError(E_PROTO, "status")
-    try:
-        status = int(line[9:12])
-    except ValueError:
-        raise HttpError(E_PROTO, "status")
-    if not 100 <= status <= 599:
-        raise HttpError(E_PROTO, "status")
-    return status
 
 
 def _put(s, buf, n, piece):

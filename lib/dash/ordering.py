@@ -35,7 +35,7 @@ def order(app, sl):
         rec.pop("oc", None)
         rec.pop("od", None)
         sl.deadline = -1
-        sl.check_at = app.up() + cfg["order_check_s"]
+        sl.check_at = app.up_s + cfg["order_check_s"]
         if outcome == result.OK:
             sl.orders += 1
             app.log("order-placed", slot=sl.id, event_instance_id=eid, detail_code=code, test=test)
@@ -51,7 +51,7 @@ def order(app, sl):
     elif outcome == result.INPROGRESS:
         backoff = cfg["inprogress_backoff_s"]
         backoff += app.rand() % (backoff // 10 + 1)
-        sl.deadline = app.up() + backoff
+        sl.deadline = app.up_s + backoff
         rec["att"] = 0
         app.log("order-inprogress", slot=sl.id, event_instance_id=eid, backoff_s=backoff)
         app.transition(sl, fsm.E_INPROGRESS)
@@ -77,7 +77,7 @@ def order(app, sl):
             parse_retry_after(retry_after),
         )
         rec["att"] = att + 1
-        sl.deadline = app.up() + delay
+        sl.deadline = app.up_s + delay
         app.log(
             "order-failed",
             slot=sl.id,

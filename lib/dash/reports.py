@@ -76,7 +76,7 @@ def order_info(app, sl):
     if failed:
         return failed
     status, body, _ = ans
-    sl.check_at = app.up() + app.cfg["order_check_s"]
+    sl.check_at = app.up_s + app.cfg["order_check_s"]
     if status != 200:
         # DRS does not know the id (an ORDER_INPROGRESS answer's, say): stop asking.
         rec["od"] = 1
@@ -126,7 +126,7 @@ def estimate(rate, used, dt, level, low, now):
 def slot_status(app, sl):
     now = app.clock.wall()
     if not now:
-        sl.report_up = app.up()  # no dates without a clock: not due again for a while
+        sl.report_up = app.up_s  # no dates without a clock: not due again for a while
         return None
     rec = sl.rec
     level = sl.level
@@ -138,7 +138,7 @@ def slot_status(app, sl):
         sl.fsm.low,
         now,
     )
-    up = app.up()
+    up = app.up_s
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
     body = slot_status_body(level, sl.capacity, level, last_use, expected)
     ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)

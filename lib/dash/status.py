@@ -28,7 +28,7 @@ def status(app):
     out = {
         "registered": ok and app.tokens.registered,
         "slots": slots,
-        "token_expires_s": app.tokens.expires_in_s() if ok else -1,
+        "token_expires_s": _expires_in_s(app.tokens) if ok else -1,
         "device_status_sent": app.warm.get("ds", 0),
         "handshakes": app.https.handshakes if ok else 0,
         "flash_writes": app.store.writes if ok else 0,
@@ -39,3 +39,13 @@ def status(app):
     elif not slots:
         out.update(state="suspended", reason=app.reason, orders_placed=0)
     return out
+
+
+def _expires_in_s(tokens):
+    """Seconds the access token has left, or -1."""
+    if tokens.access is None:
+        return -1
+    now = tokens.clock.wall()
+    if tokens.exp_wall and now:
+        return tokens.exp_wall - now
+    return tokens.clock.ticks_diff(tokens.exp_ticks, tokens.clock.ticks_ms()) // 1000

@@ -63,15 +63,6 @@ class Tokens:
             0, self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
         )
 
-    def expires_in_s(self):
-        """Seconds the access token has left (for status reports), or -1."""
-        if self.access is None:
-            return -1
-        now = self.clock.wall()
-        if self.exp_wall and now:
-            return self.exp_wall - now
-        return self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()) // 1000
-
     def invalidate(self):
         self.access = None
 
