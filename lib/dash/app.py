@@ -213,30 +213,27 @@ class App:
         then flash is as it was, the next step tries again, and nothing that needs the write
         on flash first (an order's intent) may go ahead."""
         try:
-            self._persist()
+            for sl in self.slots:
+                rec = sl.rec
+                rec["st"] = sl.fsm.durable()
+                left = self._left(sl)
+                if left >= 0 and rec["st"] in _BACKOFF_STATES:
+                    now = self.clock.wall()
+                    rec["dr"] = left
+                    rec["dw"] = now + left if now else 0
+                else:
+                    rec.pop("dr", None)
+                    rec.pop("dw", None)
+                if rec["st"] == fsm.SUSPENDED:
+                    rec["sr"] = sl.reason
+                    rec["sf"] = self._fingerprint
+            self.store.save(STATE, self.state)
         except MemoryError:
             self._unsaved = True
             self.log("persist-postponed", reason="low memory")
             return False
         self._unsaved = False
         return True
-
-    def _persist(self):
-        for sl in self.slots:
-            rec = sl.rec
-            rec["st"] = sl.fsm.durable()
-            left = self._left(sl)
-            if left >= 0 and rec["st"] in _BACKOFF_STATES:
-                now = self.clock.wall()
-                rec["dr"] = left
-                rec["dw"] = now + left if now else 0
-            else:
-                rec.pop("dr", None)
-                rec.pop("dw", None)
-            if rec["st"] == fsm.SUSPENDED:
-                rec["sr"] = sl.reason
-                rec["sf"] = self._fingerprint
-        self.store.save(STATE, self.state)
 
     # -- the loop -------------------------------------------------------------------------
 

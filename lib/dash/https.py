@@ -109,18 +109,6 @@ class Https:
             self._ctx = ctx
         return self._ctx
 
-    def _resolve(self, host, port):
-        key = (host, port)
-        ai = self._addr.get(key)
-        if ai is None:
-            try:
-                ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-            except (OSError, IndexError):
-                raise HttpError(E_DNS, host)
-            ai = (ai[0], ai[-1])
-            self._addr[key] = ai
-        return ai
-
     def request(self, method, host, port, path, headers=(), body=b"", max_body=1024, spill=None):
         """Send one request; return (status, body, headers dict of the few we keep).
 
@@ -131,7 +119,16 @@ class Https:
         a bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
         ctx = self.context()
-        family, addr = self._resolve(host, port)
+        key = (host, port)
+        ai = self._addr.get(key)  # resolved once per host, forgotten when a connect fails
+        if ai is None:
+            try:
+                ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+            except (OSError, IndexError):
+                raise HttpError(E_DNS, host)
+            ai = (ai[0], ai[-1])
+            self._addr[key] = ai
+        family, addr = ai
         raw = socket.socket(family, socket.SOCK_STREAM)
         s = None
         try:
@@ -141,7 +138,7 @@ class Https:
             try:
                 raw.connect(addr)
             except OSError as e:
-                self._addr.pop((host, port), None)
+                self._addr.pop(key, None)
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
             self.handshakes += 1
             try:

@@ -64,14 +64,6 @@ class Signal:
         self._ema = -1
         self._ref = -1  # last sane level, the reference for the drop check
 
-    def reset(self):
-        """Forget history (after a refill or a restart of the sensor)."""
-        self._n = 0
-        self._i = 0
-        self._same = 0
-        self._ema = -1
-        self._ref = -1
-
     def _median(self):
         n = self._n
         t = self._tmp
@@ -112,7 +104,7 @@ class Signal:
         ref = self._ref
         if self.max_drop and ref >= 0 and ref - level > self.max_drop:
             # Stay faulted until the reading comes back near the reference (the container
-            # was put back) or the reading is a genuine refill the caller resets us for.
+            # was put back) or above it (a refill).
             return F_JUMP
         self._ref = level
         sh = self.ema_shift

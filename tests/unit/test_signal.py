@@ -46,6 +46,14 @@ def test_sudden_drop_is_a_fault_until_it_comes_back():
     assert s.feed(1000) == 1000  # rising is a refill, never a fault
 
 
+def test_a_refill_ends_a_drop_fault():
+    s = Signal(0, 1000, 1000, max_drop=100, median=1)
+    assert s.feed(600) == 600
+    assert s.feed(50) == F_JUMP
+    assert s.feed(1000) == 1000
+    assert s.feed(990) == 990
+
+
 def test_ema_smooths():
     s = Signal(0, 1000, 1000, median=1, ema_shift=2)
     s.feed(800)
