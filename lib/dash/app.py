@@ -170,6 +170,9 @@ class App:
         del config
         _drop("config")
         _lib("https")  # first: its buffer and TLS context are big blocks
+        # Then the rest of the resident code, below start-up's, which is dropped after boot:
+        # the room it leaves is then in one piece above what stays, not holes between it.
+        from dash import platform, signal, store, tokens  # noqa: F401
 
         ok = _lib("start").boot(self, cfg, sec, errors, urls)
         _drop_phase("start")  # and `episode`, if a slot resumed
