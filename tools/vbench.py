@@ -94,7 +94,7 @@ def cycle(app, clock, cold):
     done = (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY, fsm.SUSPENDED, fsm.UNSUBSCRIBED)
     for _ in range(200):
         if cold:
-            app.tokens.invalidate()  # before every step: the one that orders must refresh
+            app.tokens.access = None  # before every step: the one that orders must refresh
         warm = app.tokens.valid()
         was = [sl.fsm.state for sl in app.slots]
         hs, wr, by = app.https.handshakes, app.store.writes, app.store.bytes

@@ -33,7 +33,8 @@ _HALF = 0x20000000
 
 
 class VirtualClock:
-    """Same interface as dash.platform.Clock; ticks wrap like a board's."""
+    """What the app asks of dash.platform.Clock (its sleep is main()'s, which this harness
+    replaces); ticks wrap like a board's."""
 
     def __init__(self, wall0):
         self.t = 0
@@ -48,9 +49,6 @@ class VirtualClock:
 
     def ticks_add(self, a, d):
         return (a + d) & _MASK
-
-    def sleep_ms(self, ms):
-        self.t += ms
 
     def wall(self):
         return self.wall0 + self.t // 1000 if self.wall0 else 0

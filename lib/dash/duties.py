@@ -19,7 +19,7 @@ def verify_registration(app, sl=None):
     """After a relayed DeviceDeregistered: a refresh tells whether the registration is gone
     (invalid_grant, and `link.call` forgets every token) or the notice was an old one."""
     app.verify_reg = False
-    app.tokens.invalidate()
+    app.tokens.access = None  # so the call refreshes first
     ans, fail = call(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if fail:
         return None if fail[0] == result.REVOKED else (fail[0], fail[1], fail[3])

@@ -27,7 +27,7 @@ def call(app, kind, path, body=b"", max_body=1024):
             return None, (result.TRANSIENT, reason, code >= E_TIMEOUT, None)
         if ans[0] in (400, 401, 403) and not again:
             app.log("auth-refused", path=path, status=ans[0], action="refresh token, retry once")
-            tokens.invalidate()
+            tokens.access = None  # refreshed when the loop comes round
             continue
         return ans, None
 

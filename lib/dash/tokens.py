@@ -63,9 +63,6 @@ class Tokens:
             0, self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
         )
 
-    def invalidate(self):
-        self.access = None
-
     @property
     def registered(self):
         return bool(self.refresh)
