@@ -278,12 +278,3 @@ def _keep_access(tokens, at):
         for k in ("at", "exp", "rs"):
             warm.pop(k, None)
     tokens.keep()
-
-
-def wipe(tokens):
-    """Forget every token (the caller also clears the provisioned one in secrets.json)."""
-    tokens.access = None
-    tokens.refresh = ""
-    tokens.seed = mark("")
-    tokens.store.remove(TOKENS)
-    _keep_access(tokens, None)

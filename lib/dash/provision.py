@@ -133,9 +133,16 @@ def deregister(app):
 
 def unregister(app, reason):
     """No registration any more: no token stays on flash and no slot orders."""
-    from dash.lwa import wipe
+    from dash.tokens import TOKENS, mark
 
-    wipe(app.tokens)
+    tokens = app.tokens
+    tokens.access = None
+    tokens.refresh = ""
+    tokens.seed = mark("")
+    tokens.store.remove(TOKENS)
+    for k in ("at", "exp", "rs"):  # the access token in RTC memory, and whose it was
+        app.warm.pop(k, None)
+    app.keep()
     forget_provisioned_token(app.root)
     app.refingerprint()
     app.state.pop("sub", None)
