@@ -72,11 +72,11 @@ class Slot:
     """One consumable: its sensor, signal path, state machine and persisted record."""
 
     def __init__(self, cfg, sensor, signal, machine):
-        # Of its config only what sampling and reports need: the config's dicts (and their
-        # keys, each a string object) are not kept. The thresholds are the machine's.
+        # Of its config only what reports need: the config's dicts (and their keys, each a
+        # string object) are not kept. The thresholds are the machine's, the capacity the
+        # signal's.
         self.id = cfg["slot_id"]
         self.delta = cfg["report_delta"]
-        self.capacity = cfg["sensor"]["capacity"]
         self.sensor = sensor
         self.signal = signal
         self.fsm = machine

@@ -1,7 +1,7 @@
 """The periodic DRS calls that keep the device's picture of its registration right:
 SubscriptionInfo (at boot, daily, after SubscriptionChanged, before an order on stale data)
 and the check that follows a relayed DeviceDeregistered. The reports it sends are in
-`reports`.
+`daily` (DeviceStatus) and `reports` (SlotStatus, GetOrderInfo).
 
 The application decides on uptime alone whether a call is due (nothing resident allocates
 for that) and imports this module only to make it, dropping it afterwards.

@@ -219,6 +219,7 @@ class Https:
                     raise HttpError(E_PROTO, "status")
                 if not 100 <= status <= 599:
                     raise HttpError(E_PROTO, "status")
+                del line  # not held through the body
             elif eol == pos:
                 pos += 2
                 break

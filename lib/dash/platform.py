@@ -1,7 +1,7 @@
-"""The thin platform layer: the only module that knows whether it runs on an ESP32 or the
-unix port. Clock, RTC memory, sensor adapters and network bring-up live here (the ADC
-sensor in `adc`, loaded only for a slot that has one); nothing else imports `machine` or
-`network`."""
+"""The thin platform layer, with `adc`: the only modules that know whether they run on an
+ESP32 or the unix port. Clock, RTC memory, sensor adapters and network bring-up live here,
+the ADC sensor in `adc` (loaded only for a slot that has one); nothing else imports
+`machine` or `network`."""
 
 import sys
 import time

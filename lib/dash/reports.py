@@ -140,7 +140,7 @@ def slot_status(app, sl):
     )
     up = app.up_s
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
-    body = slot_status_body(level, sl.capacity, level, last_use, expected)
+    body = slot_status_body(level, sl.signal.capacity, level, last_use, expected)
     ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)
     if failed:
         return failed

@@ -122,9 +122,7 @@ def test_an_order_whose_code_cannot_be_loaded_backs_off():
     app.cfg["retry_base_s"] = 30
     m = fsm.Machine(100, 800, 1, 1)
     m.state = fsm.ORDERING
-    sl = app_module.Slot(
-        {"slot_id": "a", "report_delta": 1, "sensor": {"capacity": 1000}}, None, None, m
-    )
+    sl = app_module.Slot({"slot_id": "a", "report_delta": 1}, None, None, m)
     app.slots.append(sl)
     real = app_module._lib
 
