@@ -266,30 +266,31 @@ class App:
             if duty:
                 if duty != _D_VERIFY:  # that one refreshes on purpose, in `duties`
                     self.authorise()
-                try:
-                    failed = self._run_duty(duty, self._due_slot)
-                except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
-                    failed = (result.TRANSIENT, _describe(e), None)
-                _drop_phase(
-                    "duties" if duty <= _D_SUBS else "daily" if duty == _D_DEVICE else "reports"
-                )
+                failed = self._run_duty(duty, self._due_slot)
                 self._duty_done(duty, self._due_slot, failed)
                 self._due_slot = None
         return wait * 1000
 
     def _run_duty(self, duty, sl):
-        """Make periodic call `duty`, its module loaded for it (calls, not a table of names:
-        each name in a table would be one more heap object)."""
-        if duty == _D_VERIFY:
-            return _lib("duties").verify_registration(self, sl)
-        if duty == _D_SUBS:
-            return _lib("duties").fetch_subscriptions(self, sl)
-        if duty == _D_DEVICE:
-            return _lib("daily").device_status(self, sl)
-        reports = _lib("reports")
-        if duty == _D_ORDER:
-            return reports.order_info(self, sl)
-        return reports.slot_status(self, sl)
+        """Make periodic call `duty` with its module loaded for it, and drop that again. None,
+        or why it failed (outcome, reason, Retry-After). Calls, not a table of names: each
+        name in a table would be one more heap object."""
+        name = "duties" if duty <= _D_SUBS else "daily" if duty == _D_DEVICE else "reports"
+        try:
+            mod = _lib(name)
+            if duty == _D_VERIFY:
+                return mod.verify_registration(self, sl)
+            if duty == _D_SUBS:
+                return mod.fetch_subscriptions(self, sl)
+            if duty == _D_DEVICE:
+                return mod.device_status(self, sl)
+            if duty == _D_ORDER:
+                return mod.order_info(self, sl)
+            return mod.slot_status(self, sl)
+        except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
+            return (result.TRANSIENT, _describe(e), None)
+        finally:
+            _drop_phase(name)
 
     def _duty_done(self, duty, sl, failed):
         """Back off after a failed periodic call: per slot for a slot's, else device-wide."""

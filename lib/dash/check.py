@@ -1,5 +1,6 @@
-"""Small validity checks shared by the config, the DRS and the LwA code. Pure. The host tools
-run them too (`dashctl` checks a config before it goes onto a board).
+"""Small validity checks shared by the config, the DRS and the LwA code, and the lookup of a
+name in a list of names held as one string. Pure. The host tools run them too (`dashctl`
+checks a config before it goes onto a board).
 
 They look at a string byte by byte through a memoryview: iterating the str itself would make a
 string of every character, and intern it for good (a qstr per distinct character, allocated
@@ -37,3 +38,14 @@ def printable(s):
         if not 32 < c < 127:
             return False
     return True
+
+
+def word(text, i):
+    """The i-th space-separated word of `text` (i counts from 0, and is in range). A list of
+    names kept as one string is one heap object, not one per name; reading one allocates only
+    that name."""
+    start = 0
+    for _ in range(i):
+        start = text.index(" ", start) + 1
+    end = text.find(" ", start)
+    return text[start:end] if end >= 0 else text[start:]

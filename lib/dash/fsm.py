@@ -6,6 +6,8 @@ and acts on the state it lands in (ORDERING means: place the order now).
 
 from micropython import const
 
+from dash.check import word
+
 # States (small ints; persisted as they are, so never renumber).
 WARMUP = const(0)  # after boot, filter settling; resumes the persisted state when done
 MONITOR = const(1)  # level above the low threshold (or not yet confirmed low)
@@ -71,11 +73,7 @@ def name(state):
     """A state's name, for logs and status. It allocates the name (unless the text is
     interned already); with no memory even for that, the number itself."""
     try:
-        i = 0
-        for _ in range(state):
-            i = _NAMES.index(" ", i) + 1
-        j = _NAMES.find(" ", i)
-        return _NAMES[i:j] if j >= 0 else _NAMES[i:]
+        return word(_NAMES, state)
     except MemoryError:
         return state
 

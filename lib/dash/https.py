@@ -23,6 +23,8 @@ from binascii import a2b_base64
 import tls
 from micropython import const
 
+from dash.check import word
+
 # Error codes (HttpError.args[0]).
 E_DNS = const(1)
 E_CONNECT = const(2)
@@ -38,7 +40,7 @@ _ERRORS = "dns connect tls timeout reset protocol too_big ca"
 
 def error_name(code):
     """An error code's name, for the reason a failure is reported with."""
-    return _ERRORS.split()[code - 1] if E_DNS <= code <= E_CA else "unknown"
+    return word(_ERRORS, code - 1) if E_DNS <= code <= E_CA else "unknown"
 
 
 _HEAD_MAX = const(2048)  # status line plus headers

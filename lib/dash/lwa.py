@@ -263,11 +263,11 @@ def grant(tokens, https, url, form, need_refresh):
     # rotated: the record is unchanged and the store writes nothing.
     tokens.store.save(TOKENS, {"seed": tokens.seed, "rt": tokens.refresh})
     tokens.access = at
-    _keep_access(tokens, at if now else None)
+    keep_access(tokens, at if now else None)
     return result.OK, ""
 
 
-def _keep_access(tokens, at):
+def keep_access(tokens, at):
     """The access token to RTC memory, with the refresh token it came from (by checksum)."""
     warm = tokens.warm
     if at:

@@ -133,6 +133,7 @@ def deregister(app):
 
 def unregister(app, reason):
     """No registration any more: no token stays on flash and no slot orders."""
+    from dash.lwa import keep_access
     from dash.tokens import TOKENS, mark
 
     tokens = app.tokens
@@ -140,9 +141,7 @@ def unregister(app, reason):
     tokens.refresh = ""
     tokens.seed = mark("")
     tokens.store.remove(TOKENS)
-    for k in ("at", "exp", "rs"):  # the access token in RTC memory, and whose it was
-        app.warm.pop(k, None)
-    app.keep()
+    keep_access(tokens, None)  # and from RTC memory
     forget_provisioned_token(app.root)
     app.refingerprint()
     app.state.pop("sub", None)

@@ -11,7 +11,7 @@ from micropython import const
 
 from dash import result
 from dash.check import valid_slot
-from dash.daily import iso8601
+from dash.daily import ACCEPTED, iso8601
 from dash.link import answer
 
 SLOT_STATUS = (b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0")
@@ -27,7 +27,6 @@ _CANCELLED = ("cancelled", "canceled")
 _DAY = const(86400)
 _FAR = const(365 * 86400)  # the latest expected replenishment date we ever report
 _RATE_FRAC = const(16)  # consumption rate per day is kept with 4 fraction bits
-_OK = (200, 201, 202, 204)
 
 
 def parse_order_status(body, eid):
@@ -141,7 +140,7 @@ def slot_status(app, sl):
     up = app.up_s
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
     body = slot_status_body(level, sl.signal.capacity, level, last_use, expected)
-    ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=_OK)
+    ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=ACCEPTED)
     if failed:
         return failed
     rec["rl"] = level

@@ -9,6 +9,8 @@ from array import array
 
 from micropython import const
 
+from dash.check import word
+
 # Fault codes returned by feed() (negative, so a level is always >= 0).
 F_RANGE = const(-1)  # outside the calibrated range
 F_SATURATED = const(-2)  # at the converter's rail
@@ -21,7 +23,7 @@ _FAULTS = "out_of_range saturated stuck jump"
 
 def fault_name(level):
     """A fault code's name, for the log."""
-    return _FAULTS.split()[-level - 1] if F_JUMP <= level < 0 else "unreadable"
+    return word(_FAULTS, -level - 1) if F_JUMP <= level < 0 else "unreadable"
 
 
 class Signal:

@@ -43,9 +43,4 @@ def status(app):
 
 def _expires_in_s(tokens):
     """Seconds the access token has left, or -1."""
-    if tokens.access is None:
-        return -1
-    now = tokens.clock.wall()
-    if tokens.exp_wall and now:
-        return tokens.exp_wall - now
-    return tokens.clock.ticks_diff(tokens.exp_ticks, tokens.clock.ticks_ms()) // 1000
+    return -1 if tokens.access is None else tokens.left_ms() // 1000

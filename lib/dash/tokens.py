@@ -54,14 +54,15 @@ class Tokens:
                 self.exp_wall = exp
 
     def valid(self):
-        if self.access is None:
-            return False
+        return self.access is not None and fresh(0, self.left_ms(), self.margin_s * 1000)
+
+    def left_ms(self):
+        """What the access token has left: by the wall clock when it and the absolute expiry
+        are known (they survive a reboot), else by the ticks counted since the refresh."""
         now = self.clock.wall()
         if self.exp_wall and now:
-            return fresh(now, self.exp_wall, self.margin_s)
-        return fresh(
-            0, self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms()), self.margin_s * 1000
-        )
+            return (self.exp_wall - now) * 1000
+        return self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms())
 
     @property
     def registered(self):
