@@ -239,7 +239,9 @@ def test_connection_lost_after_the_server_acted(device, emulator):
     assert st["event_instance_id"]
 
 
-def test_power_cut_during_the_request_never_orders_twice(device, emulator):
+def cut_power_during_the_order(device, emulator):
+    """The slot runs low, Replenish leaves, the power goes before the answer arrives; DRS
+    places the order all the same."""
     emulator.inject("/replenish/", "delay", seconds=1.5)
     device.set_level(LOW)
     device._send("run %d" % (15 * MIN * 1000))
@@ -251,12 +253,56 @@ def test_power_cut_during_the_request_never_orders_twice(device, emulator):
         time.sleep(0.02)
     assert len(emulator.orders) == 1
     assert device.state_record()["fl"] == 1  # the intent was on flash before the request
+
+
+def test_power_cut_during_the_request_never_orders_twice(device, emulator):
+    cut_power_during_the_order(device, emulator)
     device.start()
     st = device.run(HOUR)
     assert st["state"] == "ordered" and len(emulator.orders) == 1
     assert device.tagged("order-recovered")
     assert device.run(24 * HOUR)["state"] == "ordered"
     assert len(replenishes(emulator)) == 2
+
+
+def test_a_refill_while_the_device_was_off_ends_the_order_attempt(device, emulator):
+    cut_power_during_the_order(device, emulator)
+    device.set_level(FULL)  # the customer refilled it by hand meanwhile
+    device.start()
+    st = device.run(24 * HOUR)
+    assert st["state"] == "monitor" and device.tagged("refilled")
+    assert len(replenishes(emulator)) == 1 and len(emulator.orders) == 1
+
+
+def test_a_refill_noticed_at_boot_ends_the_episode(device, emulator):
+    # The answer is lost after DRS acted; the retry's ORDER_INPROGRESS is taken as ours.
+    emulator.inject("/replenish/", "reset_after_processing")
+    drain(device)
+    st = device.run(2 * HOUR)
+    assert st["state"] == "ordered" and device.tagged("order-recovered")
+    device.kill()
+    device.set_level(FULL)
+    device.start()
+    st = device.run(HOUR)
+    assert st["state"] == "monitor" and device.tagged("refilled")
+    # A new depletion while that order is still open: it belongs to the ended episode, so
+    # the device backs off instead of taking it as this one's order.
+    drain(device)
+    assert device.status()["state"] == "inprogress" and device.tagged("order-inprogress")
+    assert len(device.tagged("order-recovered")) == 1  # the one before the power cut
+
+
+def test_a_slot_suspended_after_its_order_resumes_waiting_for_the_refill(device, emulator):
+    assert drain(device)["state"] == "ordered"
+    emulator.mark_delivered("slot-a")  # delivered, not put in yet: the level is still low
+    unlisted = {"slotsSubscriptionStatus": {"slot-b": True}}
+    emulator.inject("/subscriptionInfo", "status", status=200, body=unlisted)
+    assert device.run(25 * HOUR)["state"] == "suspended"  # the daily check did not list it
+    st = device.run(25 * HOUR)  # the next one does
+    assert st["state"] == "ordered" and device.tagged("resumed")
+    assert len(replenishes(emulator)) == 1 and len(emulator.orders) == 1
+    device.set_level(FULL)
+    assert device.run(HOUR)["state"] == "monitor" and device.tagged("refilled")
 
 
 def test_corrupt_state_file_is_recovered(device, emulator):

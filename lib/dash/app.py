@@ -33,6 +33,7 @@ _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
 _DAY = const(86400)
 _BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
+_OPEN = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)  # an order may be out
 # The periodic calls, by the number `_duty()` answers (0: none); `_run_duty` makes them.
 _D_VERIFY = const(1)
 _D_SUBS = const(2)
@@ -321,6 +322,8 @@ class App:
         before = m.state
         if before == fsm.SUSPENDED:
             return False
+        # Through warm-up or a fault, the state they resume is what a refill closes.
+        was = m.durable()
         raw = sl.sensor.read()
         level = _F_UNREADABLE if raw is None else sl.signal.feed(raw)
         if 0 <= level < sl.level:
@@ -328,7 +331,7 @@ class App:
         sl.level = level
         st = m.sample(level)
         if st != before:
-            self._changed(sl, before, st)
+            self._changed(sl, before, st, was)
             before = st
         if st in _BACKOFF_STATES and self._left(sl) == 0:
             st = m.event(fsm.E_TIMER)
@@ -338,7 +341,9 @@ class App:
             return True
         return False
 
-    def _changed(self, sl, old, new):
+    def _changed(self, sl, old, new, was=-1):
+        """Log a state change and persist it; a return to MONITOR from an open episode (`was`:
+        the state it left, or the one a warm-up or a fault was to resume) closes it."""
         level = sl.level
         if new == fsm.FAULT:
             from dash.signal import fault_name
@@ -347,7 +352,7 @@ class App:
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)
         self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
-        if new == fsm.MONITOR and old in (fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY):
+        if new == fsm.MONITOR and (old if was < 0 else was) in _OPEN:
             rec = sl.rec
             if level >= sl.fsm.high:
                 # Refilled: the depletion episode is over; the next one may order again.

@@ -43,7 +43,7 @@ def replenish_path(slot_id):
 
 def classify(status, body):
     """(outcome, eventInstanceId or None, detailCode or None, reason) of a Replenish answer."""
-    if status == 200:
+    if 200 <= status < 300:  # an order is only ever taken from a body that names it
         try:
             obj = json.loads(body)
         except ValueError:
@@ -65,7 +65,7 @@ def classify(status, body):
 
 
 def status_outcome(status):
-    """Outcome of any DRS status code other than a Replenish 200."""
+    """Outcome of any DRS status code other than a Replenish 2xx."""
     if 200 <= status < 300:
         return result.OK
     if status in (400, 401, 403):

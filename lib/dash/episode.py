@@ -19,20 +19,30 @@ def suspend(app, sl, kind, reason):
 
 
 def unsuspend(rec):
+    """The state a suspended slot resumes: ORDERED when its episode's order was placed (only
+    a refill or a cancellation may lead to another), else MONITOR."""
     for k in ("sk", "sr", "sf"):
         rec.pop(k, None)
-    if rec.pop("sp", fsm.MONITOR) in _OPEN_STATES:
+    sp = rec.pop("sp", fsm.MONITOR)
+    if sp == fsm.ORDERED and rec.get("ev"):
+        return fsm.ORDERED
+    if sp in _OPEN_STATES:
         # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.
         rec["unc"] = 1
     return fsm.MONITOR
 
 
 def resume(app, sl, why):
-    """Out of suspension: the slot starts its episode over, remembering an open order."""
-    unsuspend(sl.rec)
+    """Out of suspension: waiting for the refill again when the episode's order was placed,
+    else starting the episode over, remembering an open order."""
+    st = unsuspend(sl.rec)
     sl.reason = ""
     app.log("resumed", slot=sl.id, reason=why)
-    app.transition(sl, fsm.E_REARM)
+    if st == fsm.ORDERED:
+        sl.check_at = app.up_s  # what became of the order while suspended
+        app.transition(sl, fsm.E_PLACED)
+    else:
+        app.transition(sl, fsm.E_REARM)
 
 
 def cancelled(app, sl, source):

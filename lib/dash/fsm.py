@@ -59,12 +59,12 @@ _TABLE = (
     b"....r.....8.."  # 0 WARMUP
     b"2..7......8.."  # 1 MONITOR
     b".117.3....8.."  # 2 CONFIRM
-    b".......4568.9"  # 3 ORDERING
+    b"..1....4568.9"  # 3 ORDERING
     b"..17......81."  # 4 ORDERED
     b"..17..3...8.."  # 5 INPROGRESS
     b"..17..3...8.."  # 6 RETRY
     b"rrr.......8.."  # 7 FAULT
-    b"...........1."  # 8 SUSPENDED
+    b".......4...1."  # 8 SUSPENDED
     b"..17......81."  # 9 UNSUBSCRIBED
 )
 

@@ -9,7 +9,6 @@ from dash.app import _describe, _drop, _lib
 
 def order(app, sl):
     rec = sl.rec
-    cfg = app.cfg
     try:
         outcome, eid, code, reason, retry_after = _replenish(app, sl)
     except Exception as e:  # noqa: BLE001 - a bug or MemoryError must not stop the device
@@ -25,12 +24,30 @@ def order(app, sl):
     if sl.fsm.state != fsm.ORDERING:
         app.persist()  # the registration or the credentials went away: suspended
         return
+    try:
+        _take(app, sl, outcome, eid, code, reason, retry_after)
+    except Exception as e:  # noqa: BLE001 - a bug or MemoryError while taking the answer in
+        # The answer may have been an order. Left in ORDERING, the next step would ask again
+        # at once and take DRS's ORDER_INPROGRESS for somebody else's order: back off, and
+        # take that answer as ours.
+        rec["unc"] = 1
+        if sl.fsm.state == fsm.ORDERING:
+            _take(app, sl, result.TRANSIENT, None, None, _describe(e), None)
+        else:
+            app.persist()
+
+
+def _take(app, sl, outcome, eid, code, reason, retry_after):
+    """Act on one attempt's outcome: the slot's next state, its record, the log."""
+    rec = sl.rec
+    cfg = app.cfg
     if outcome == result.OK or (outcome == result.INPROGRESS and rec.get("unc")):
         test = code == "TEST_ORDER_PLACED"
         rec["ev"] = eid
         rec["dc"] = code
         rec["ot"] = app.clock.wall()
         rec["att"] = 0
+        rec["unc"] = 0  # this episode's order is known now
         rec["test"] = 1 if test else 0
         rec.pop("oc", None)
         rec.pop("od", None)

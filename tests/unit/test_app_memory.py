@@ -138,3 +138,52 @@ def test_an_order_whose_code_cannot_be_loaded_backs_off():
         app_module._lib = real
     assert m.state == fsm.RETRY and app._left(sl) == 30
     assert any("order-failed" in line and "low memory" in line for line in got)
+
+
+class Once:
+    """A wall clock whose first reading finds no memory (on a 32-bit board it is a big int)."""
+
+    def __init__(self):
+        self.failed = False
+
+    def ticks_ms(self):
+        return 0
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def wall(self):
+        if not self.failed:
+            self.failed = True
+            raise MemoryError
+        return 1790000000
+
+
+def test_an_answer_that_cannot_be_taken_in_backs_off_and_is_then_recognised_as_ours():
+    from dash import fsm
+
+    app, got = app_with(FlakyStore(0))
+    app.clock = Once()
+    app.cfg.update(retry_base_s=30, retry_cap_s=3600, order_check_s=3600)
+    m = fsm.Machine(100, 800, 1, 1)
+    m.state = fsm.ORDERING
+    sl = app_module.Slot({"slot_id": "a", "report_delta": 1}, None, None, m)
+    sl.rec = {}
+    app.slots.append(sl)
+    answers = [
+        (result.OK, "amzn1.e1", "STANDARD_ORDER_PLACED", "", None),
+        (result.INPROGRESS, "amzn1.e2", "ORDER_INPROGRESS", "", None),
+    ]
+    real = ordering._replenish
+    ordering._replenish = lambda app, sl: answers.pop(0)
+    try:
+        ordering.order(app, sl)
+        # The order was placed, but taking it in failed: no second request at the next
+        # step, and DRS's ORDER_INPROGRESS for it must not read as somebody else's order.
+        assert m.state == fsm.RETRY and app._left(sl) > 0 and sl.rec["unc"] == 1
+        m.state = fsm.ORDERING  # the back-off is over
+        ordering.order(app, sl)
+    finally:
+        ordering._replenish = real
+    assert m.state == fsm.ORDERED and sl.rec["ev"] == "amzn1.e2" and sl.rec["unc"] == 0
+    assert any("order-recovered" in line for line in got)

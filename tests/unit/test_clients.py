@@ -25,6 +25,15 @@ def test_replenish_answers():
         assert drs.classify(status, b"")[0] == outcome, status
 
 
+def test_a_success_status_without_an_order_in_its_body_is_no_order():
+    for status in (201, 202, 204, 299):
+        assert drs.classify(status, b"")[:2] == (result.UNKNOWN, None), status
+    ip = json.dumps({"eventInstanceId": "e", "detailCode": "ORDER_INPROGRESS"})
+    assert drs.classify(202, ip)[0] == result.INPROGRESS
+    ok = json.dumps({"eventInstanceId": "amzn1.e", "detailCode": "STANDARD_ORDER_PLACED"})
+    assert drs.classify(201, ok)[:2] == (result.OK, "amzn1.e")
+
+
 def test_replenish_rejects_bad_event_ids():
     for eid in ("", "x" * 256, 5, None, "a\nb"):
         body = json.dumps({"eventInstanceId": eid, "detailCode": "STANDARD_ORDER_PLACED"})

@@ -132,8 +132,8 @@ def test_unsubscribed_slot_waits_for_a_subscription_or_a_refill():
     assert m.event(fsm.E_UNSUB) == fsm.UNSUBSCRIBED
     assert feed(m, 100, 50, 0) == fsm.UNSUBSCRIBED  # no order, however low
     assert m.event(fsm.E_REARM) == fsm.MONITOR
-    m.event(fsm.E_UNSUB)
-    assert feed(m, 100) == fsm.ORDERING or True  # from MONITOR a low starts over
+    assert m.event(fsm.E_UNSUB) == fsm.MONITOR  # outside an order attempt it changes nothing
+    assert feed(m, 100) == fsm.ORDERING
     m2 = machine(confirm=1)
     feed(m2, 500, 500, 100)
     m2.event(fsm.E_UNSUB)
@@ -141,13 +141,23 @@ def test_unsubscribed_slot_waits_for_a_subscription_or_a_refill():
     assert m2.durable() == fsm.MONITOR
 
 
-def test_suspended_only_leaves_on_rearm():
+def test_suspended_leaves_only_to_start_over_or_back_to_its_placed_order():
     m = machine()
     m.event(fsm.E_SUSPEND)
     for ev in range(fsm.N_EVENTS):
-        if ev != fsm.E_REARM:
+        if ev != fsm.E_REARM and ev != fsm.E_PLACED:
             assert m.event(ev) == fsm.SUSPENDED
     assert m.event(fsm.E_REARM) == fsm.MONITOR
+    m.event(fsm.E_SUSPEND)
+    assert m.event(fsm.E_PLACED) == fsm.ORDERED  # waits for the refill, orders nothing
+
+
+def test_a_refill_while_the_device_was_off_ends_a_resumed_order_attempt():
+    m = machine(warmup=1)
+    m.restore(fsm.ORDERING)
+    assert feed(m, 900) == fsm.MONITOR
+    m.restore(fsm.ORDERING)
+    assert feed(m, 500) == fsm.ORDERING  # not refilled: the attempt goes on
 
 
 def test_each_state_keeps_its_name():
