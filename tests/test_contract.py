@@ -305,8 +305,8 @@ def test_reregistration_remembers_an_open_order(device, emulator):
     msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
     device.command("relay", json.dumps(msg))
     assert device.run(2 * MIN)["registered"] is False
-    # Registered again while the first order is still open: DRS says ORDER_INPROGRESS, and
-    # that order is this episode's own, so there is no second order after its delivery.
+    # Registered again while the first order is still open: the slot goes back to waiting
+    # for the refill, without asking DRS again, and there is no second order after delivery.
     device.write_json(
         "secrets.json",
         {
@@ -317,7 +317,8 @@ def test_reregistration_remembers_an_open_order(device, emulator):
     )
     device.restart()
     st = device.run(30 * MIN)
-    assert st["state"] == "ordered" and device.tagged("order-recovered")
+    assert st["state"] == "ordered" and device.tagged("resumed")
+    assert len(emulator.requests_to("/replenish/")) == 1
     emulator.mark_delivered("slot-a")
     assert device.run(DAY)["state"] == "ordered" and len(emulator.orders) == 1
 

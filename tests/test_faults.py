@@ -222,6 +222,26 @@ def test_answers_framed_without_a_length_are_understood(device, emulator, framin
     assert st["event_instance_id"] == emulator.orders[0]["event_instance_id"]
 
 
+def test_an_answer_whose_connection_stays_open_ends_at_its_length(device, emulator):
+    # The server ignores "Connection: close": the answer is whole at its Content-Length.
+    emulator.inject("/replenish/", "keep_open", seconds=30)
+    st = drain(device)
+    assert st["state"] == "ordered" and st["orders_placed"] == 1
+    assert not device.tagged("order-failed") and len(replenishes(emulator)) == 1
+
+
+def test_a_server_sending_a_byte_at_a_time_is_given_up_on(make_device, emulator):
+    dev = make_device(config={"http_timeout_s": 1}).start()
+    emulator.inject("/replenish/", "drip", interval=0.2)
+    st = drain(dev)
+    assert st["state"] == "retry"
+    (failed,) = dev.tagged("order-failed")
+    assert "timeout" in failed["reason"]
+    (rec,) = replenishes(emulator)
+    # It hung up at its deadline, long before the answer's last byte (200 bytes or more).
+    assert 0 < rec["dripped"] < 100
+
+
 def test_silent_server_times_out(device, emulator):
     emulator.inject("/replenish/", "silence", seconds=10)
     t0 = time.monotonic()

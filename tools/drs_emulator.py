@@ -140,6 +140,8 @@ FAULT_KINDS = frozenset(
         "close_delimited",
         "redirect",
         "silence",
+        "keep_open",
+        "drip",
     }
 )
 
@@ -493,7 +495,9 @@ class Emulator:
         invalid_json, oversized (size=65536). The others process the request normally and
         spoil only the delivery: delay (seconds=5), reset_after_processing, truncate,
         chunked, close_delimited (no Content-Length: the body ends with the connection),
-        oversized_headers (size=8192).
+        oversized_headers (size=8192), keep_open (the whole answer, then the connection held
+        open for seconds=30 despite "Connection: close"), drip (the answer a byte every
+        interval=0.5 seconds).
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -661,9 +665,10 @@ class Emulator:
         else:
             answer = self._process(rec["method"], rec["path"], rec["headers"], rec["body"])
         if kind != "reset_after_processing":
-            self._send(conn, rec, *answer, kind=kind, size=kw.get("size", 8192))
+            wait = kw.get("interval", 0.5) if kind == "drip" else kw.get("seconds", 30)
+            self._send(conn, rec, *answer, kind=kind, size=kw.get("size", 8192), wait=wait)
 
-    def _send(self, conn, rec, status, headers, body, kind=None, size=0):
+    def _send(self, conn, rec, status, headers, body, kind=None, size=0, wait=0.0):
         try:
             phrase = http.HTTPStatus(status).phrase
         except ValueError:
@@ -683,6 +688,20 @@ class Emulator:
                 rec["status"] = status  # before sending, so a client that got it sees it here
         if kind == "truncate":
             conn.sendall(head + body[: len(body) // 2])
+        elif kind == "drip":
+            data = head + body
+            for i in range(len(data)):
+                if self._stop.wait(wait):
+                    return
+                try:
+                    conn.sendall(data[i : i + 1])
+                except OSError:
+                    break  # the client hung up
+                if rec is not None:
+                    rec["dripped"] = i + 1  # of len(data) bytes
+        elif kind == "keep_open":
+            conn.sendall(head + body)
+            self._silence(conn, wait)
         elif kind == "chunked":
             conn.sendall(head)
             for i in range(0, len(body), 16):  # separate writes: the client sees partial reads

@@ -16,6 +16,7 @@ A caller expecting a bigger answer reserves a `spill` buffer before sending, and
 goes on in that; only an answer bigger than both gets a buffer allocated while it is read.
 """
 
+import select
 import socket
 import time
 from binascii import a2b_base64
@@ -161,6 +162,7 @@ class Https:
                 _send(s, memoryview(buf)[:n])
                 if body:
                     _send(s, body)
+                s.setblocking(False)  # the answer is read against a deadline (see `_recv`)
                 return self._response(s, max_body, spill)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
@@ -176,7 +178,8 @@ class Https:
         buf = self.buf
         mv = memoryview(buf)
         size = len(buf)
-        deadline = time.ticks_add(time.ticks_ms(), self.timeout_s * 3000)
+        # The whole answer within three socket timeouts, and never a timeout without a byte.
+        limits = (time.ticks_add(time.ticks_ms(), self.timeout_s * 3000), self.timeout_s * 1000)
         # The head is parsed a line at a time and each line's bytes are let go of at once,
         # so the buffer holds the longest line, not the whole head; the body then starts at
         # the buffer's start. A line longer than the buffer is skipped (none we keep is).
@@ -201,12 +204,11 @@ class Https:
                 mv[: n - pos] = mv[pos:n]
                 n -= pos
                 pos = 0
-                got = s.readinto(mv[n:])
+                got = _recv(s, mv[n:], limits)
                 if not got:
                     raise HttpError(E_RESET, "head")
                 n += got
                 head += got
-                _check_deadline(deadline)
                 continue
             if skip:
                 skip = False
@@ -246,11 +248,11 @@ class Https:
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:
-            body = _read_chunked(s, buf, n, max_body, deadline, spill)
+            body = _read_chunked(s, buf, n, max_body, limits, spill)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, mv, n, length, max_body, deadline, spill)
+            body = _read_body(s, mv, n, length, max_body, limits, spill)
         return status, body, kept
 
 
@@ -282,9 +284,24 @@ def _timeout(e):
     return e.errno in (_ETIMEDOUT, _EAGAIN) or (e.args and e.args[0] in (_ETIMEDOUT, _EAGAIN))
 
 
-def _check_deadline(deadline):
-    if time.ticks_diff(deadline, time.ticks_ms()) < 0:
-        raise HttpError(E_TIMEOUT, "slow")
+def _recv(s, mv, limits):
+    """Into `mv`, what has arrived (at least a byte), or 0 at the end of the answer. The socket
+    is non-blocking: a blocking read would wait for all of `mv` (MicroPython makes no short
+    reads), so a server keeping the connection open after its answer, or sending a byte at a
+    time, could hold the device for hours. `limits`: (deadline of the whole answer in ticks,
+    the longest wait for a byte in ms)."""
+    deadline, quiet = limits
+    while True:
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        if left <= 0:
+            raise HttpError(E_TIMEOUT, "slow")
+        got = s.readinto(mv)
+        if got is not None:
+            return got
+        p = select.poll()
+        p.register(s, select.POLLIN)
+        if not p.poll(min(left, quiet)):
+            raise HttpError(E_TIMEOUT, "silent")
 
 
 def _bigger(spill, size, want):
@@ -295,7 +312,7 @@ def _bigger(spill, size, want):
     return bytearray(want)
 
 
-def _read_body(s, mv, have, length, max_body, deadline, spill):
+def _read_body(s, mv, have, length, max_body, limits, spill):
     """`length` bytes, or with no length until the server closes, into `mv` (which holds the
     `have` bytes that came with the head); a body too big for it goes on in `spill`, or else
     in a buffer of its own."""
@@ -306,19 +323,18 @@ def _read_body(s, mv, have, length, max_body, deadline, spill):
             big = memoryview(_bigger(spill, have, want))[:want]
             big[:have] = mv
             mv = big
-        got = s.readinto(mv[have:want])
+        got = _recv(s, mv[have:want], limits)
         if not got:
             if length < 0:
                 return mv[:have]
             raise HttpError(E_RESET, "body")
         have += got
-        _check_deadline(deadline)
     if length < 0:
         raise HttpError(E_TOOBIG, "body")
     return mv[:have]
 
 
-def _read_chunked(s, buf, end, max_body, deadline, spill):
+def _read_chunked(s, buf, end, max_body, limits, spill):
     """De-chunk in place: `buf[:end]` holds the raw bytes that came after the head, and each
     chunk's data is moved down over the framing before it, so the body ends at buf[:out].
     Unparsed raw bytes are buf[pos:end]."""
@@ -328,7 +344,7 @@ def _read_chunked(s, buf, end, max_body, deadline, spill):
         while eol < 0:
             if end - pos > 64:
                 raise HttpError(E_PROTO, "chunk")
-            buf, pos, end = _more(s, buf, out, pos, end, max_body, deadline, spill)
+            buf, pos, end = _more(s, buf, out, pos, end, max_body, limits, spill)
             eol = buf.find(b"\r\n", pos, end)
         try:
             size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
@@ -342,7 +358,7 @@ def _read_chunked(s, buf, end, max_body, deadline, spill):
         if out + size > max_body:
             raise HttpError(E_TOOBIG, "body")
         while end - pos < size + 2:
-            buf, pos, end = _more(s, buf, out, pos, end, max_body, deadline, spill)
+            buf, pos, end = _more(s, buf, out, pos, end, max_body, limits, spill)
         if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
             raise HttpError(E_PROTO, "chunk")
         buf[out : out + size] = memoryview(buf)[pos : pos + size]
@@ -350,7 +366,7 @@ def _read_chunked(s, buf, end, max_body, deadline, spill):
         pos += size + 2
 
 
-def _more(s, buf, out, pos, end, max_body, deadline, spill):
+def _more(s, buf, out, pos, end, max_body, limits, spill):
     """Read more raw bytes after `end`: when the buffer is full, first move the unparsed ones
     down to `out`, and only if that frees nothing, go on in `spill` or a bigger buffer."""
     if end == len(buf):
@@ -364,8 +380,7 @@ def _more(s, buf, out, pos, end, max_body, deadline, spill):
             big = _bigger(spill, end, size)
             big[:end] = buf
             buf = big
-    got = s.readinto(memoryview(buf)[end:])
+    got = _recv(s, memoryview(buf)[end:], limits)
     if not got:
         raise HttpError(E_RESET, "chunk")
-    _check_deadline(deadline)
     return buf, pos, end + got
