@@ -2,7 +2,9 @@
 
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,17 @@ HOUR = 3600
 def drain(dev, minutes=8):
     dev.set_level(LOW)
     return dev.run(minutes * MIN)
+
+
+def run_micropython(script):
+    """What `script` prints, run in the real interpreter with the device code on its path."""
+    return subprocess.run(
+        [MICROPYTHON, "-c", script],
+        env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
 
 
 def replenishes(emu):
@@ -477,14 +490,44 @@ except HttpError as e:
     print("rogue: refused", e.args[0])
 print("real:", ok)
 """ % (emulator.port, certs["ca"], certs["rogue_ca"])
-    out = subprocess.run(
-        [MICROPYTHON, "-c", script],
-        env=dict(os.environ, MICROPYPATH=str(REPO / "lib")),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    out = run_micropython(script)
     assert "rogue: refused 3" in out and "real: 400" in out, out
+
+
+def test_a_handshake_dripped_a_byte_at_a_time_is_given_up_on(certs):
+    # Anyone on the path can do this without a certificate: the server's first handshake
+    # record promises 16 KB and comes a byte every 0.2 s, each byte well inside the timeout.
+    ls = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def drip():
+        conn, _ = ls.accept()
+        with conn:
+            conn.recv(4096)  # the ClientHello
+            try:
+                conn.sendall(b"\x16\x03\x03\x3f\xff")
+                for _ in range(300):
+                    time.sleep(0.2)
+                    conn.sendall(b"\x02")
+                    sent.append(1)
+            except OSError:
+                pass  # the client hung up
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    script = """
+from dash.https import Https, HttpError
+try:
+    Https(%r, 1).request(b"GET", "127.0.0.1", %d, b"/")
+    print("answered")
+except HttpError as e:
+    print("gave up", e.args[0])
+""" % (certs["ca"], ls.getsockname()[1])
+    out = run_micropython(script)
+    t.join(10)
+    ls.close()
+    assert "gave up 4" in out, out  # E_TIMEOUT
+    assert len(sent) < 30  # within three timeouts of 1 s, not the minute the record takes
 
 
 def test_refused_refresh_before_an_order_is_asked_once_and_backed_off(device, emulator):

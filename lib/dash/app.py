@@ -253,6 +253,8 @@ class App:
         self._refused = None
         if self._unsaved:
             self.persist()
+        if self.tokens.unsaved:
+            self.tokens.save()
         period = self.cfg["sample_s"]
         wait = period
         ordered = False

@@ -96,7 +96,8 @@ def parse_url(url):
         except ValueError:
             return None
         hostport = hostport[:j]
-    if not hostport or not 0 < port < 65536 or " " in url or "@" in hostport:
+    # Visible ASCII only: it goes into the request line and the Host header as it is.
+    if not hostport or not 0 < port < 65536 or not printable(url) or "@" in hostport:
         return None
     return hostport, port, path.rstrip("/") if path != "/" else ""
 

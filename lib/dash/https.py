@@ -123,7 +123,7 @@ class Https:
         """
         ctx = self.context()
         key = (host, port)
-        ai = self._addr.get(key)  # resolved once per host, forgotten when a connect fails
+        ai = self._addr.get(key)  # resolved once per host, forgotten when a request fails
         if ai is None:
             try:
                 ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
@@ -135,17 +135,22 @@ class Https:
         raw = socket.socket(family, socket.SOCK_STREAM)
         s = None
         try:
-            # A TLS socket has no settimeout: the plain socket's timeout bounds every
-            # handshake step and read through it.
             raw.settimeout(self.timeout_s)
             try:
                 raw.connect(addr)
             except OSError as e:
-                self._addr.pop(key, None)
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
+            # From here on the socket is non-blocking and each step waits in `poll` against a
+            # deadline: the handshake and the request within three socket timeouts, then the
+            # answer within three more (see `_recv`). Blocking, a peer sending a byte at a time
+            # could hold the device for hours, each byte inside the socket timeout.
+            raw.setblocking(False)
+            limits = _limits(self.timeout_s)
             self.handshakes += 1
             try:
-                s = ctx.wrap_socket(raw, server_hostname=host)
+                s = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+                # The first write makes the handshake; then it sends the method's first byte.
+                _send(s, method[:1], limits)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_TLS, host)
             except ValueError as e:
@@ -154,18 +159,23 @@ class Https:
             try:
                 buf = self.buf
                 n = 0
-                for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
-                    n = _put(s, buf, n, piece)
+                for piece in (method[1:], b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
+                    n = _put(s, buf, n, piece, limits)
                 for piece in headers:
-                    n = _put(s, buf, n, piece)
-                n = _put(s, buf, n, b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-                _send(s, memoryview(buf)[:n])
+                    n = _put(s, buf, n, piece, limits)
+                piece = b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                n = _put(s, buf, n, piece, limits)
+                _send(s, memoryview(buf)[:n], limits)
                 if body:
-                    _send(s, body)
-                s.setblocking(False)  # the answer is read against a deadline (see `_recv`)
+                    _send(s, body, limits)
                 return self._response(s, max_body, spill)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
+        except HttpError:
+            # The address may be stale (a cloud host moves, another service gets its IP): the
+            # next request resolves the name again.
+            self._addr.pop(key, None)
+            raise
         finally:
             if s is not None:
                 try:
@@ -178,8 +188,7 @@ class Https:
         buf = self.buf
         mv = memoryview(buf)
         size = len(buf)
-        # The whole answer within three socket timeouts, and never a timeout without a byte.
-        limits = (time.ticks_add(time.ticks_ms(), self.timeout_s * 3000), self.timeout_s * 1000)
+        limits = _limits(self.timeout_s)
         # The head is parsed a line at a time and each line's bytes are let go of at once,
         # so the buffer holds the longest line, not the whole head; the body then starts at
         # the buffer's start. A line longer than the buffer is skipped (none we keep is).
@@ -187,7 +196,7 @@ class Https:
         head = 0  # head bytes read so far, bounded as a whole
         skip = False  # in the middle of a line too long for the buffer
         status = 0
-        kept = {}
+        kept: dict = {}
         length = -1
         chunked = False
         while True:
@@ -226,22 +235,31 @@ class Https:
                 del line  # not held through the body
             elif eol == pos:
                 pos += 2
-                break
+                if status >= 200:
+                    break
+                # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+                status = 0
+                kept = {}
+                length = -1
+                chunked = False
             else:
                 colon = buf.find(b":", pos, eol)
-                if colon <= pos:
+                # No blank before the colon (RFC 9112): "Content-Length :" is no header to skip.
+                if colon <= pos or buf[colon - 1] in b" \t":
                     raise HttpError(E_PROTO, "header")
                 name = bytes(mv[pos:colon]).lower()
                 value = bytes(mv[colon + 1 : eol]).strip()
                 if name == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
+                    # Digits only (int() would take "+5" and "1_0"), and one length: two that
+                    # differ mean the answer cannot be framed.
+                    if not value.isdigit() or 0 <= length != int(value):
                         raise HttpError(E_PROTO, "content-length")
-                    if length < 0:
-                        raise HttpError(E_PROTO, "content-length")
+                    length = int(value)
                 elif name == b"transfer-encoding":
-                    chunked = value.lower() == b"chunked"
+                    # Only chunked is ever decoded: anything else cannot be read.
+                    if value.lower() != b"chunked":
+                        raise HttpError(E_PROTO, "transfer-encoding")
+                    chunked = True
                 elif name in (b"retry-after", b"content-type", b"location"):
                     kept[name.decode()] = value
             pos = eol + 2
@@ -256,25 +274,46 @@ class Https:
         return status, body, kept
 
 
-def _put(s, buf, n, piece):
+def _put(s, buf, n, piece, limits):
     """Copy `piece` into `buf` at `n`, first sending what is there when it would not fit;
     returns where it ends. A piece bigger than the whole buffer is sent as it is."""
     end = n + len(piece)
     if end > len(buf):
-        _send(s, memoryview(buf)[:n])
+        _send(s, memoryview(buf)[:n], limits)
         n, end = 0, len(piece)
         if end > len(buf):
-            _send(s, piece)
+            _send(s, piece, limits)
             return 0
     buf[n:end] = memoryview(piece) if isinstance(piece, str) else piece  # type: ignore[arg-type]
     return end
 
 
-def _send(s, data):
-    """All of `data` (a TLS write may take only part of it)."""
+def _limits(timeout_s):
+    """(deadline in ticks, longest wait for the peer in ms): three socket timeouts in all,
+    and never one without progress."""
+    return time.ticks_add(time.ticks_ms(), timeout_s * 3000), timeout_s * 1000
+
+
+def _wait(s, limits, events):
+    """Until the socket may go on (`events`), within `limits`; else a timeout."""
+    left = time.ticks_diff(limits[0], time.ticks_ms())
+    if left <= 0:
+        raise HttpError(E_TIMEOUT, "slow")
+    p = select.poll()
+    p.register(s, events)
+    if not p.poll(min(left, limits[1])):
+        raise HttpError(E_TIMEOUT, "silent")
+
+
+def _send(s, data, limits):
+    """All of `data` (a TLS write may take only part of it, or none yet: the handshake)."""
     mv = memoryview(data)
     while mv:
         sent = s.write(mv)
+        if sent is None:
+            # The handshake wants to read, or the socket's buffer is full.
+            _wait(s, limits, select.POLLIN | select.POLLOUT)
+            continue
         if not sent:
             raise HttpError(E_RESET, "write")
         mv = mv[sent:]
@@ -290,18 +329,13 @@ def _recv(s, mv, limits):
     reads), so a server keeping the connection open after its answer, or sending a byte at a
     time, could hold the device for hours. `limits`: (deadline of the whole answer in ticks,
     the longest wait for a byte in ms)."""
-    deadline, quiet = limits
     while True:
-        left = time.ticks_diff(deadline, time.ticks_ms())
-        if left <= 0:
-            raise HttpError(E_TIMEOUT, "slow")
+        if time.ticks_diff(limits[0], time.ticks_ms()) <= 0:
+            raise HttpError(E_TIMEOUT, "slow")  # a byte at a time, each in time
         got = s.readinto(mv)
         if got is not None:
             return got
-        p = select.poll()
-        p.register(s, select.POLLIN)
-        if not p.poll(min(left, quiet)):
-            raise HttpError(E_TIMEOUT, "silent")
+        _wait(s, limits, select.POLLIN)
 
 
 def _bigger(spill, size, want):

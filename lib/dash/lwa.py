@@ -15,7 +15,7 @@ from micropython import const
 from dash import fsm, result
 from dash.check import octets, printable, unreserved
 from dash.https import HttpError, error_name
-from dash.tokens import TOKENS, mark
+from dash.tokens import mark
 
 _MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
 _PIECE_MIN = const(640)
@@ -193,6 +193,9 @@ def refresh(app):
     """Refresh the access token now, log it, and act on a refusal (a revoked registration,
     rejected client credentials). None, or why not: (outcome, reason, False, Retry-After)."""
     tokens = app.tokens
+    if tokens.unsaved and not tokens.save():
+        # LwA may already have retired the token on flash: this one must be there first.
+        return result.TRANSIENT, "the refresh token is not on flash yet", False, None
     try:
         form = refresh_body(tokens.refresh, tokens.client_id, tokens.client_secret)
         outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
@@ -260,11 +263,13 @@ def grant(tokens, https, url, form, need_refresh):
     if rt:
         tokens.refresh = rt
     # Persist before use: a rotated refresh token lost now would strand the device. Not
-    # rotated: the record is unchanged and the store writes nothing.
-    tokens.store.save(TOKENS, {"seed": tokens.seed, "rt": tokens.refresh})
+    # rotated: the record is unchanged and the store writes nothing. When the write fails
+    # (flash full, worn, no memory), the token is the only good one there is: it is kept,
+    # written by a later step, and sent to LwA by no refresh before that (see `refresh`).
+    saved = tokens.save()
     tokens.access = at
     keep_access(tokens, at if now else None)
-    return result.OK, ""
+    return result.OK, "" if saved else "the new refresh token is not on flash yet"
 
 
 def keep_access(tokens, at):

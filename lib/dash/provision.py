@@ -139,6 +139,7 @@ def unregister(app, reason):
     tokens = app.tokens
     tokens.access = None
     tokens.refresh = ""
+    tokens.unsaved = False  # nothing left to write
     tokens.seed = mark("")
     tokens.store.remove(TOKENS)
     keep_access(tokens, None)  # and from RTC memory

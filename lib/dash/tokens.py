@@ -38,6 +38,7 @@ class Tokens:
         self.refreshes = 0
         self.retry_after = None  # the last refused answer's Retry-After, if it had one
         self.access = None
+        self.unsaved = False  # a rotated refresh token is not on flash yet (see `save`)
         self.exp_wall = 0
         self.exp_ticks = 0
         self.seed = mark(secrets["refresh_token"])
@@ -63,6 +64,18 @@ class Tokens:
         if self.exp_wall and now:
             return (self.exp_wall - now) * 1000
         return self.clock.ticks_diff(self.exp_ticks, self.clock.ticks_ms())
+
+    def save(self):
+        """The refresh token to flash (nothing is written when it is already there). False
+        when the write failed: `unsaved` then stays set, each step tries again, and no refresh
+        sends the token before it is on flash."""
+        try:
+            self.store.save(TOKENS, {"seed": self.seed, "rt": self.refresh})
+        except (OSError, MemoryError):
+            self.unsaved = True
+            return False
+        self.unsaved = False
+        return True
 
     @property
     def registered(self):

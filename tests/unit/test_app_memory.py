@@ -41,6 +41,7 @@ class FlakyStore:
 
 class Unregistered:
     registered = False
+    unsaved = False
 
 
 def app_with(store):
@@ -109,6 +110,7 @@ def test_an_order_whose_intent_is_not_on_flash_does_not_leave():
 
 class Valid:
     registered = True
+    unsaved = False
 
     def valid(self):
         return True

@@ -99,6 +99,9 @@ def test_parse_url():
     )
     assert config.parse_url("http://h") is None
     assert config.parse_url("https://h:x/") is None
+    # Into the request line and the Host header as it is: visible ASCII only.
+    assert config.parse_url("https://drs.example/v1/\u00e9") is None
+    assert config.parse_url("https://h.example/a\tb") is None
     assert config.parse_url("https://u@h/") is None
 
 

@@ -148,13 +148,14 @@ class Sink:
 def test_a_request_head_is_put_together_in_the_buffer_and_sent_when_it_is_full():
     s = Sink(5)
     buf = bytearray(8)
-    n = https._put(s, buf, 0, b"GET ")
-    n = https._put(s, buf, n, "/a")  # a str (a token, a path) goes in without a bytes copy
+    limits = https._limits(3)
+    n = https._put(s, buf, 0, b"GET ", limits)
+    n = https._put(s, buf, n, "/a", limits)  # a str (a token, a path) goes in without a copy
     assert n == 6 and bytes(buf[:n]) == b"GET /a" and s.out == b""
-    n = https._put(s, buf, n, "xyz")  # does not fit: what is there goes first
+    n = https._put(s, buf, n, "xyz", limits)  # does not fit: what is there goes first
     assert s.out == b"GET /a" and bytes(buf[:n]) == b"xyz"
-    n = https._put(s, buf, n, b"0123456789")  # bigger than the buffer: sent as it is
-    https._send(s, memoryview(buf)[:n])
+    n = https._put(s, buf, n, b"0123456789", limits)  # bigger than the buffer: sent as it is
+    https._send(s, memoryview(buf)[:n], limits)
     assert n == 0 and s.out == b"GET /axyz0123456789"
 
 
@@ -185,7 +186,28 @@ def test_a_header_line_longer_than_the_buffer_is_skipped_when_it_is_not_one_we_k
 
 
 def test_a_write_that_takes_nothing_is_a_reset_not_a_hang():
-    assert err(lambda: https._send(Sink(0), b"abc")) == E_RESET
+    assert err(lambda: https._send(Sink(0), b"abc", https._limits(3))) == E_RESET
+
+
+def test_interim_answers_are_passed_over_for_the_real_one():
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    st, got, kept = answer(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"{}")
+    assert st == 200 and bytes(got) == b"{}"
+
+
+def test_an_answer_that_cannot_be_framed_one_way_only_is_refused():
+    ok = b"HTTP/1.1 200 OK\r\n"
+    for head in (
+        b"Content-Length: 2\r\nContent-Length: 5\r\n",  # two lengths
+        b"Content-Length: +2\r\n",
+        b"Content-Length: 1_0\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length : 2\r\n",  # a blank before the colon
+        b"Transfer-Encoding: gzip, chunked\r\n",  # nothing here un-gzips
+    ):
+        assert err(lambda h=head: answer(ok + h + b"\r\n", b"{}abc")) == E_PROTO, head
+    st, got, _ = answer(ok + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n", b"{}")
+    assert st == 200 and bytes(got) == b"{}"  # the same length twice is one length
 
 
 def test_each_transport_error_has_its_name():

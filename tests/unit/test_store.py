@@ -5,13 +5,18 @@ from dash.store import Store
 ROOT = "/tmp/dash-unit-store"
 
 
-def fresh_store():
+def empty_dir(root):
+    """`root`, made or emptied: a device's flash directory with nothing on it."""
     try:
-        os.mkdir(ROOT)
+        os.mkdir(root)
     except OSError:
         pass
-    for f in os.listdir(ROOT):
-        os.remove(ROOT + "/" + f)
+    for f in os.listdir(root):
+        os.remove(root + "/" + f)
+
+
+def fresh_store():
+    empty_dir(ROOT)
     return Store(ROOT)
 
 
