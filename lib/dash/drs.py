@@ -54,12 +54,15 @@ def classify(status, body):
         code = obj.get("detailCode")
         if not isinstance(code, str) or len(code) > 64:
             return result.UNKNOWN, None, None, "answer has no detailCode"
-        if not isinstance(eid, str) or not 0 < len(eid) <= 255 or not printable(eid):
+        good = isinstance(eid, str) and 0 < len(eid) <= 255 and printable(eid)
+        if code == IN_PROGRESS:
+            # Nothing was placed: the long back-off, with an id or without (never the short
+            # retries of an answer not understood, which would hammer DRS).
+            return result.INPROGRESS, eid if good else None, code, ""
+        if not good:
             return result.UNKNOWN, None, code, "answer has no valid eventInstanceId"
         if code in PLACED:
             return result.OK, eid, code, ""
-        if code == IN_PROGRESS:
-            return result.INPROGRESS, eid, code, ""
         return result.UNKNOWN, eid, code, "unknown detailCode"
     return status_outcome(status), None, None, status_reason(status)
 

@@ -2,7 +2,8 @@
 
 Each record is one file: its JSON, a newline, `#` and the CRC-32 of the JSON in hex. A write
 goes to `<name>.tmp`, is closed (durable on littlefs), then renamed over the record (one atomic
-littlefs commit), so a power cut leaves the old record or the new one, never a mix. A record
+littlefs commit), so a power cut leaves the old record or the new one, never a mix; a whole
+`.tmp` left by a cut before the rename is the new one, and `load` takes it. A record
 that is missing, truncated or fails its checksum reads as None; the caller picks a safe default.
 A record identical to the last one written or read is not written again. A record is written
 an item at a time, never built whole in memory (a 2 KB token would otherwise be copied three
@@ -68,6 +69,19 @@ def unpack(raw):
     return (obj, crc) if isinstance(obj, dict) else (None, 0)
 
 
+def _read(path):
+    """(dict, CRC) of the record at `path`, or (None, 0)."""
+    try:
+        size = os.stat(path)[6]
+        if size > _MAX:
+            return None, 0  # not ours
+        with open(path, "rb") as f:
+            raw = f.read(size)  # no buffer bigger than the record
+    except OSError:
+        return None, 0
+    return unpack(raw)
+
+
 class Store:
     def __init__(self, root="."):
         self.root = root
@@ -79,17 +93,19 @@ class Store:
         return self.root + "/" + name
 
     def load(self, name):
-        """The record as a dict, or None when it is missing or corrupt."""
+        """The record as a dict, or None when it is missing or corrupt. A whole `.tmp` (its
+        checksum good) is a write the power cut between its close and its rename: newer than
+        the record (a rotated refresh token LwA already holds, say). It is taken, and renamed
+        into place now."""
         path = self._path(name)
-        try:
-            size = os.stat(path)[6]
-            if size > _MAX:
-                return None  # not ours
-            with open(path, "rb") as f:
-                raw = f.read(size)  # no buffer bigger than the record
-        except OSError:
-            return None
-        obj, crc = unpack(raw)
+        obj, crc = _read(path + ".tmp")
+        if obj is not None:
+            try:
+                os.rename(path + ".tmp", path)
+            except OSError:
+                pass
+        else:
+            obj, crc = _read(path)
         if obj is not None:
             self._crc[name] = crc
         return obj

@@ -34,6 +34,12 @@ def test_a_success_status_without_an_order_in_its_body_is_no_order():
     assert drs.classify(201, ok)[:2] == (result.OK, "amzn1.e")
 
 
+def test_order_inprogress_backs_off_even_without_a_usable_id():
+    for eid in (None, "", "a\nb", "x" * 256):
+        body = json.dumps({"eventInstanceId": eid, "detailCode": "ORDER_INPROGRESS"})
+        assert drs.classify(200, body)[:2] == (result.INPROGRESS, None), eid
+
+
 def test_replenish_rejects_bad_event_ids():
     for eid in ("", "x" * 256, 5, None, "a\nb"):
         body = json.dumps({"eventInstanceId": eid, "detailCode": "STANDARD_ORDER_PLACED"})

@@ -1,6 +1,6 @@
 import os
 
-from dash.store import Store
+from dash.store import Store, pack
 
 ROOT = "/tmp/dash-unit-store"
 
@@ -56,3 +56,18 @@ def test_after_load_an_identical_save_is_skipped():
     s2.load("a.json")
     assert not s2.save("a.json", {"k": 1})
     assert s2.save("a.json", {"k": 2})
+
+
+def test_a_write_cut_before_its_rename_is_taken_and_a_cut_one_is_not():
+    s = fresh_store()
+    old, new = {"rt": "Atzr|old"}, {"rt": "Atzr|rotated"}
+    s.save("tokens.json", old)
+    rec = pack(new)[0]
+    with open(ROOT + "/tokens.json.tmp", "wb") as f:
+        f.write(rec[:-4])  # the power went while it was being written
+    assert Store(ROOT).load("tokens.json") == old
+    with open(ROOT + "/tokens.json.tmp", "wb") as f:
+        f.write(rec)  # written and closed; the power went before the rename
+    assert Store(ROOT).load("tokens.json") == new
+    assert "tokens.json.tmp" not in os.listdir(ROOT)  # renamed into place at once
+    assert Store(ROOT).load("tokens.json") == new
