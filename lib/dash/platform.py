@@ -85,18 +85,23 @@ def net_up(ssid, password, timeout_ms=20000):
         return True
     import network
 
-    wlan = network.WLAN(network.STA_IF)
-    if not wlan.isconnected():
-        if not ssid:
-            return False
-        wlan.active(True)
-        wlan.connect(ssid, password)
-        t0 = time.ticks_ms()
-        while not wlan.isconnected():
-            if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
-                wlan.disconnect()  # a later call starts a clean attempt
+    try:
+        wlan = network.WLAN(network.STA_IF)
+        if not wlan.isconnected():
+            if not ssid:
                 return False
-            time.sleep_ms(200)
+            wlan.active(True)
+            wlan.connect(ssid, password)
+            t0 = time.ticks_ms()
+            while not wlan.isconnected():
+                if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
+                    wlan.disconnect()  # a later call starts a clean attempt
+                    return False
+                time.sleep_ms(200)
+    except OSError:
+        # The driver refused ("Wifi Internal Error", the radio busy): at boot that must not
+        # stop the firmware; a later call tries again.
+        return False
     if Clock().wall() == 0:
         try:
             import ntptime

@@ -168,3 +168,13 @@ def test_no_ssid_means_no_network_rather_than_a_hang():
     net = _fake_network(connect_after=0)
     assert _with({"network": net}, lambda: platform.net_up("", "")) is False
     assert net.log == []
+
+
+def test_a_wifi_driver_error_is_no_network_not_a_stop():
+    net = _fake_network(connect_after=0)
+
+    def refuse(self, ssid, pw):
+        raise OSError("Wifi Internal Error")
+
+    net.WLAN.connect = refuse
+    assert _with({"network": net}, lambda: platform.net_up("home", "pw")) is False
