@@ -24,7 +24,7 @@ def unsuspend(rec):
     for k in ("sk", "sr", "sf"):
         rec.pop(k, None)
     sp = rec.pop("sp", fsm.MONITOR)
-    if sp == fsm.ORDERED and rec.get("ev"):
+    if sp == fsm.ORDERED:  # with an id or without (an ORDER_INPROGRESS taken as ours)
         return fsm.ORDERED
     if sp in _OPEN_STATES:
         # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.

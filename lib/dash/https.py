@@ -149,17 +149,10 @@ class Https:
             self.handshakes += 1
             try:
                 s = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
-                # The first write makes the handshake; then it sends the method's first byte.
-                _send(s, method[:1], limits)
-            except OSError as e:
-                raise HttpError(E_TIMEOUT if _timeout(e) else E_TLS, host)
-            except ValueError as e:
-                # mbedTLS verification failures arrive as ValueError with a reason.
-                raise HttpError(E_TLS, str(e).strip())
-            try:
+                # The first write makes the handshake, then goes out with the head.
                 buf = self.buf
                 n = 0
-                for piece in (method[1:], b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
+                for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
                     n = _put(s, buf, n, piece, limits)
                 for piece in headers:
                     n = _put(s, buf, n, piece, limits)
@@ -168,6 +161,16 @@ class Https:
                 _send(s, memoryview(buf)[:n], limits)
                 if body:
                     _send(s, body, limits)
+            except OSError as e:
+                # The request is not whole yet: the server cannot have acted on it. mbedTLS's
+                # errors are negative numbers: the handshake failed, not the connection.
+                raise HttpError(
+                    E_TIMEOUT if _timeout(e) else E_TLS if (e.errno or 0) < 0 else E_RESET, host
+                )
+            except ValueError as e:
+                # mbedTLS verification failures arrive as ValueError with a reason.
+                raise HttpError(E_TLS, str(e).strip())
+            try:
                 return self._response(s, max_body, spill)
             except OSError as e:
                 raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
@@ -263,6 +266,8 @@ class Https:
                 elif name in (b"retry-after", b"content-type", b"location"):
                     kept[name.decode()] = value
             pos = eol + 2
+        if chunked and length >= 0:
+            raise HttpError(E_PROTO, "framing")  # two ways to frame one body (RFC 9112 6.3)
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:

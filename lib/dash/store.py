@@ -124,7 +124,13 @@ class Store:
             for piece in _pieces(obj):
                 n += f.write(piece)
             n += f.write(_TAIL % crc)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # The whole .tmp stays and `load` would take it: the next save of any record,
+            # even the one on flash now, must write and rename again.
+            self._crc.pop(name, None)
+            raise
         self._crc[name] = crc
         self.writes += 1
         self.bytes += n

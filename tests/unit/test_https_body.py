@@ -204,6 +204,7 @@ def test_an_answer_that_cannot_be_framed_one_way_only_is_refused():
         b"Content-Length: -1\r\n",
         b"Content-Length : 2\r\n",  # a blank before the colon
         b"Transfer-Encoding: gzip, chunked\r\n",  # nothing here un-gzips
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",  # a length and chunks
     ):
         assert err(lambda h=head: answer(ok + h + b"\r\n", b"{}abc")) == E_PROTO, head
     st, got, _ = answer(ok + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n", b"{}")

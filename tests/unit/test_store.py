@@ -71,3 +71,25 @@ def test_a_write_cut_before_its_rename_is_taken_and_a_cut_one_is_not():
     assert Store(ROOT).load("tokens.json") == new
     assert "tokens.json.tmp" not in os.listdir(ROOT)  # renamed into place at once
     assert Store(ROOT).load("tokens.json") == new
+
+
+def test_a_failed_rename_makes_the_next_save_write_again():
+    s = fresh_store()
+    a, b = {"st": 1}, {"st": 4}
+    s.save("state.json", a)
+    # A rename that fails: where the record was, a directory that is not empty.
+    os.remove(ROOT + "/state.json")
+    os.mkdir(ROOT + "/state.json")
+    with open(ROOT + "/state.json/x", "w") as f:
+        f.write("x")
+    try:
+        s.save("state.json", b)
+        raise AssertionError("a failed rename must not pass for a write")
+    except OSError:
+        pass
+    os.remove(ROOT + "/state.json/x")
+    os.rmdir(ROOT + "/state.json")
+    # Back to the state last written: written again all the same, so the whole .tmp of the
+    # abandoned one is not what `load` finds after a reboot.
+    assert s.save("state.json", a)
+    assert Store(ROOT).load("state.json") == a
