@@ -4,8 +4,7 @@ loaded with them and dropped after; sampling never needs it.
 """
 
 from dash import fsm
-
-_OPEN_STATES = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)
+from dash.app import _OPEN
 
 
 def suspend(app, sl, kind, reason):
@@ -26,7 +25,7 @@ def unsuspend(rec):
     sp = rec.pop("sp", fsm.MONITOR)
     if sp == fsm.ORDERED:  # with an id or without (an ORDER_INPROGRESS taken as ours)
         return fsm.ORDERED
-    if sp in _OPEN_STATES:
+    if sp in _OPEN:
         # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.
         rec["unc"] = 1
     return fsm.MONITOR

@@ -139,7 +139,8 @@ class Https:
             try:
                 raw.connect(addr)
             except OSError as e:
-                raise HttpError(E_TIMEOUT if _timeout(e) else E_CONNECT, host)
+                # Out of time, a blocking connect says ETIMEDOUT (EAGAIN on some ports).
+                raise HttpError(E_TIMEOUT if e.errno in (_ETIMEDOUT, _EAGAIN) else E_CONNECT, host)
             # From here on the socket is non-blocking and each step waits in `poll` against a
             # deadline: the handshake and the request within three socket timeouts, then the
             # answer within three more (see `_recv`). Blocking, a peer sending a byte at a time
@@ -163,17 +164,16 @@ class Https:
                     _send(s, body, limits)
             except OSError as e:
                 # The request is not whole yet: the server cannot have acted on it. mbedTLS's
-                # errors are negative numbers: the handshake failed, not the connection.
-                raise HttpError(
-                    E_TIMEOUT if _timeout(e) else E_TLS if (e.errno or 0) < 0 else E_RESET, host
-                )
+                # errors are negative numbers: the handshake failed, not the connection. (No
+                # timeout comes as an OSError on the non-blocking socket: see `_left`.)
+                raise HttpError(E_TLS if (e.errno or 0) < 0 else E_RESET, host)
             except ValueError as e:
                 # mbedTLS verification failures arrive as ValueError with a reason.
                 raise HttpError(E_TLS, str(e).strip())
             try:
                 return self._response(s, max_body, spill)
-            except OSError as e:
-                raise HttpError(E_TIMEOUT if _timeout(e) else E_RESET, host)
+            except OSError:
+                raise HttpError(E_RESET, host)
         except HttpError:
             # The address may be stale (a cloud host moves, another service gets its IP): the
             # next request resolves the name again.
@@ -299,14 +299,20 @@ def _limits(timeout_s):
     return time.ticks_add(time.ticks_ms(), timeout_s * 3000), timeout_s * 1000
 
 
-def _wait(s, limits, events):
-    """Until the socket may go on (`events`), within `limits`; else a timeout."""
+def _left(limits):
+    """How long the next wait for the peer may be: never past the deadline (a peer moving a
+    byte at a time, each in time, ends there), never more than one socket timeout."""
     left = time.ticks_diff(limits[0], time.ticks_ms())
     if left <= 0:
         raise HttpError(E_TIMEOUT, "slow")
+    return min(left, limits[1])
+
+
+def _wait(s, events, ms):
+    """Until the socket may go on (`events`); a timeout when it cannot within `ms`."""
     p = select.poll()
     p.register(s, events)
-    if not p.poll(min(left, limits[1])):
+    if not p.poll(ms):
         raise HttpError(E_TIMEOUT, "silent")
 
 
@@ -314,18 +320,15 @@ def _send(s, data, limits):
     """All of `data` (a TLS write may take only part of it, or none yet: the handshake)."""
     mv = memoryview(data)
     while mv:
+        ms = _left(limits)
         sent = s.write(mv)
         if sent is None:
             # The handshake wants to read, or the socket's buffer is full.
-            _wait(s, limits, select.POLLIN | select.POLLOUT)
+            _wait(s, select.POLLIN | select.POLLOUT, ms)
             continue
         if not sent:
             raise HttpError(E_RESET, "write")
         mv = mv[sent:]
-
-
-def _timeout(e):
-    return e.errno in (_ETIMEDOUT, _EAGAIN) or (e.args and e.args[0] in (_ETIMEDOUT, _EAGAIN))
 
 
 def _recv(s, mv, limits):
@@ -335,12 +338,11 @@ def _recv(s, mv, limits):
     time, could hold the device for hours. `limits`: (deadline of the whole answer in ticks,
     the longest wait for a byte in ms)."""
     while True:
-        if time.ticks_diff(limits[0], time.ticks_ms()) <= 0:
-            raise HttpError(E_TIMEOUT, "slow")  # a byte at a time, each in time
+        ms = _left(limits)
         got = s.readinto(mv)
         if got is not None:
             return got
-        _wait(s, limits, select.POLLIN)
+        _wait(s, select.POLLIN, ms)
 
 
 def _bigger(spill, size, want):
