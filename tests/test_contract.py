@@ -22,6 +22,10 @@ def drain(dev, minutes=8, path="level.txt"):
     return dev.run(minutes * MIN)
 
 
+def replenishes(emu):
+    return emu.requests_to("/replenish/")
+
+
 def only(emu, prefix):
     return emu.requests_to(prefix)
 
@@ -207,6 +211,56 @@ def test_order_cancelled_notification_rearms(device, emulator):
     assert st["state"] == "ordered" and len(emulator.orders) == 2
 
 
+def cancelled_msg(eid, slot="slot-a", kind="OrderCancelledNotification"):
+    return json.dumps(
+        {
+            "notificationInfo": {"notificationType": kind},
+            "orderInfo": {"instanceId": eid, "slotId": slot},
+        }
+    )
+
+
+def test_a_relayed_cancellation_is_checked_with_drs(make_device, emulator):
+    dev = make_device(config={"order_check_s": 600}).start()
+    eid = drain(dev)["event_instance_id"]
+    # Replayed, forged or mistaken: DRS says the order is still open, so nothing changes.
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    assert dev.run(5 * MIN)["state"] == "ordered" and len(emulator.orders) == 1
+    assert len(only(emulator, "/getOrderInfo/")) == 1
+    emulator.mark_delivered("slot-a")  # delivered, not yet put in
+    dev.run(HOUR)
+    assert dev.tagged("order-delivered")
+    # A cancellation of a delivered order is not one: not even asked about.
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 0
+    st = dev.run(2 * HOUR)
+    assert (
+        st["state"] == "ordered" and len(emulator.orders) == 1 and len(replenishes(emulator)) == 1
+    )
+
+
+def test_a_recovered_order_learns_its_real_id_from_a_notification(device, emulator):
+    # The answer to the order is lost; the retry's ORDER_INPROGRESS is taken as ours, with
+    # an id that names no order, so GetOrderInfo knows nothing of it.
+    emulator.inject("/replenish/", "reset_after_processing")
+    drain(device)
+    assert device.run(2 * HOUR)["state"] == "ordered" and device.tagged("order-recovered")
+    real = emulator.orders[0]["event_instance_id"]
+    device.run(DAY)
+    assert device.tagged("order-info")[-1]["status"] == "unknown"
+    # A notification of another slot's order is not ours.
+    assert device.command("relay", cancelled_msg("amzn1.dash.v2.o.x", "slot-b"))["matched"] == 0
+    # The customer cancels the real order; the maker's cloud relays it.
+    assert emulator.cancel_order("slot-a") == real
+    assert device.command("relay", cancelled_msg(real))["matched"] == 1
+    st = device.run(HOUR)
+    assert device.tagged("order-adopted")[0]["event_instance_id"] == real
+    assert device.tagged("order-cancelled") and len(emulator.orders) == 2
+    assert (
+        st["state"] == "ordered"
+        and st["event_instance_id"] == emulator.orders[1]["event_instance_id"]
+    )
+
+
 def test_junk_relay_is_refused_cleanly(device):
     assert device.command("relay", "{not json")["ok"] is False
     assert device.command("relay", "[1, 2]")["ok"] is False
@@ -353,6 +407,22 @@ def cyan_and_magenta(certs, tmp_path, **config):
         dev.start()
         dev.run(20 * MIN)
         yield emu, dev
+
+
+def test_lwa_retry_after_holds_for_every_slot(certs, tmp_path):
+    with cyan_and_magenta(certs, tmp_path, retry_base_s=30) as (emu, dev):
+        emu.expire_access_tokens()
+        emu.inject("/auth/", "status", status=429, headers={"Retry-After": "3600"})
+        n = len(emu.requests_to("/auth/"))
+        dev.set_level(LOW, "c.txt")
+        dev.run(MIN)
+        dev.set_level(LOW, "m.txt")  # the other slot decides a minute after LwA's refusal
+        dev.run(50 * MIN)
+        assert len(emu.requests_to("/auth/")) == n + 1 and not emu.orders
+        failed = {f["slot"]: f["retry_in_s"] for f in dev.tagged("order-failed")}
+        assert failed["cyan"] == 3600 and 3000 < failed["magenta"] < 3600
+        dev.run(2 * HOUR)
+        assert len(emu.orders) == 2
 
 
 def test_one_slots_failing_call_does_not_starve_another(certs, tmp_path):

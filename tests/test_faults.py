@@ -37,6 +37,12 @@ def replenishes(emu):
     return emu.requests_to("/replenish/")
 
 
+def first_failure(dev):
+    """Why the first call failed: an order's, or the boot's SubscriptionInfo (whose back-off
+    the order then waits for)."""
+    return next(f["reason"] for _, tag, f in dev.events if tag in ("order-failed", "duty-failed"))
+
+
 def token_calls(emu):
     return emu.requests_to("/auth/o2/token")
 
@@ -146,7 +152,7 @@ def test_untrusted_certificate_is_refused_before_any_request(make_device, emulat
     st = drain(dev)
     assert st["state"] == "retry" and st["orders_placed"] == 0
     assert emulator.requests == [] and emulator.tls_failures >= 1
-    assert "tls" in dev.tagged("order-failed")[0]["reason"]
+    assert "tls" in first_failure(dev)
 
 
 def test_wrong_host_name_is_refused_before_any_request(make_device, emulator):
@@ -171,7 +177,7 @@ def test_missing_trust_store_is_a_clean_error(device, emulator):
     device.restart()
     st = drain(device)
     assert st["state"] == "retry" and emulator.requests == []
-    assert "ca" in device.tagged("order-failed")[0]["reason"]
+    assert "ca" in first_failure(device)
 
 
 def test_oversized_answer_is_a_clean_error(device, emulator):
@@ -338,6 +344,51 @@ def test_a_slot_suspended_after_its_order_resumes_waiting_for_the_refill(device,
     assert device.run(HOUR)["state"] == "monitor" and device.tagged("refilled")
 
 
+def test_a_refill_while_suspended_ends_the_episode(device, emulator):
+    assert drain(device)["state"] == "ordered"
+    emulator.mark_delivered("slot-a")
+    unlisted = {"slotsSubscriptionStatus": {"slot-b": True}}
+    emulator.inject("/subscriptionInfo", "status", status=200, body=unlisted)
+    assert device.run(25 * HOUR)["state"] == "suspended"
+    device.set_level(FULL)  # the parcel goes in while the slot is suspended
+    device.run(HOUR)
+    device.set_level(500)  # and is used a little
+    st = device.run(24 * HOUR)  # listed again: the episode it resumes is over
+    assert st["state"] == "monitor" and device.tagged("refilled")
+    device.set_level(LOW)  # the next depletion orders
+    assert device.run(HOUR)["state"] == "ordered" and len(emulator.orders) == 2
+
+
+def test_a_top_up_during_a_back_off_needs_a_new_low(device, emulator):
+    # The customer's own order is open, so DRS answers ORDER_INPROGRESS; it arrives and is
+    # put in, not quite to `high`. Or a 503 backs off and the customer tops up meanwhile.
+    device.run(30 * MIN)
+    emulator.place_order("slot-a")
+    assert drain(device)["state"] == "inprogress"
+    emulator.mark_delivered("slot-a")
+    device.set_level(600)  # above low (200), below high (800)
+    st = device.run(8 * HOUR)
+    assert st["state"] == "monitor" and len(emulator.orders) == 1  # the customer's alone
+    assert len(replenishes(emulator)) == 1
+    emulator.inject("/replenish/", "status", status=503, headers={"Retry-After": "3600"})
+    assert drain(device)["state"] == "retry"
+    device.set_level(600)
+    assert device.run(2 * HOUR)["state"] == "monitor" and len(replenishes(emulator)) == 2
+    assert drain(device)["state"] == "ordered" and len(replenishes(emulator)) == 3
+
+
+def test_subscription_retry_after_holds_for_the_order_too(make_device, emulator):
+    dev = make_device(config={"retry_base_s": 30})
+    emulator.inject("/subscriptionInfo", "status", status=429, headers={"Retry-After": "3600"})
+    dev.set_level(LOW)  # low at boot: the order needs a SubscriptionInfo first
+    dev.start()
+    dev.run(50 * MIN)
+    assert len(emulator.requests_to("/subscriptionInfo")) == 1 and not replenishes(emulator)
+    assert dev.tagged("order-failed")[0]["retry_in_s"] >= 3000
+    assert dev.run(HOUR)["state"] == "ordered"
+    assert len(emulator.requests_to("/subscriptionInfo")) == 2
+
+
 def test_corrupt_state_file_is_recovered(device, emulator):
     drain(device)
     (device.root / "state.json").write_bytes(b'{"st": 4, "ev": "tampe\n#00000000\n')
@@ -435,7 +486,8 @@ def test_oversized_token_answer_is_a_clean_error(device, emulator):
     emulator.inject("/auth/", "oversized", size=100_000)
     device.run(2 * MIN)  # the first duty after boot needs a token
     assert "too_big" in device.tagged("duty-failed")[0]["reason"]
-    assert drain(device)["state"] == "ordered"
+    drain(device)  # the order waits out that call's back-off, then goes through
+    assert device.run(HOUR)["state"] == "ordered" and len(emulator.orders) == 1
 
 
 def test_sockets_are_closed_on_every_path(make_device, emulator):
@@ -458,6 +510,16 @@ def test_steady_sampling_allocates_nothing(device, emulator):
     res = device.command("steady", "200")
     assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
     assert len(emulator.requests) == n
+    # Waiting for the refill, and suspended (where the sensor is still read).
+    assert drain(device)["state"] == "ordered"
+    device.run(30 * MIN)
+    res = device.command("steady", "100")
+    assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
+    unlisted = {"slotsSubscriptionStatus": {"slot-b": True}}
+    emulator.inject("/subscriptionInfo", "status", status=200, body=unlisted)
+    assert device.run(25 * HOUR)["state"] == "suspended"
+    res = device.command("steady", "100")
+    assert res["alloc_bytes"] == 0 and res["heap_locked_ok"] is True
 
 
 def test_steady_sampling_of_several_slots_allocates_nothing(certs, tmp_path):

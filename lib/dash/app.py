@@ -132,6 +132,7 @@ class App:
         self.ds_up = -1  # uptime s when DeviceStatus is due; -1 = wall clock not known yet
         self.wall_retry = 0
         self.duty_at = 0  # no device-wide periodic call before this uptime (after failures)
+        self.lwa_at = 0  # no token refresh before this uptime (LwA's Retry-After)
         self.duty_att = 0
         self.verify_reg = False  # a DeviceDeregistered was relayed: ask LwA
         self.creds_bad = False  # LwA refused the client: no call until the secrets change
@@ -322,8 +323,6 @@ class App:
         """One sample of one slot. True when it placed (or tried) an order."""
         m = sl.fsm
         before = m.state
-        if before == fsm.SUSPENDED:
-            return False
         # Through warm-up or a fault, the state they resume is what a refill closes.
         was = m.durable()
         raw = sl.sensor.read()
@@ -331,12 +330,27 @@ class App:
         if 0 <= level < sl.level:
             sl.used_up = self.up_s
         sl.level = level
+        if before == fsm.SUSPENDED:
+            # Still read: a refill while suspended ends the episode, or the slot would resume
+            # waiting for one that came and went. As many high readings in a row as a warm-up.
+            rec = sl.rec
+            if level < m.high or rec.get("sp", fsm.MONITOR) not in _OPEN:
+                m._count = 0
+            else:
+                m._count += 1
+                if m._count >= m.warmup:
+                    self.log("refilled", slot=sl.id, level=level)
+                    rec["sp"] = fsm.MONITOR
+                    self._close(sl)
+                    self.persist()
+            return False
         st = m.sample(level)
         if st != before:
             self._changed(sl, before, st, was)
             before = st
         if st in _BACKOFF_STATES and self._left(sl) == 0:
-            st = m.event(fsm.E_TIMER)
+            # Back-off over: order if still low; after a top-up, a new low must be confirmed.
+            st = m.event(fsm.E_TIMER if level <= m.low else fsm.E_REARM)
             self._changed(sl, before, st)
         if st == fsm.ORDERING:
             self.order(sl)
@@ -355,18 +369,22 @@ class App:
             self.log("sensor-ok", slot=sl.id, level=level)
         self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
         if new == fsm.MONITOR and (old if was < 0 else was) in _OPEN:
-            rec = sl.rec
             if level >= sl.fsm.high:
-                # Refilled: the depletion episode is over; the next one may order again.
                 self.log("refilled", slot=sl.id, level=level)
-            rec["unc"] = 0
-            rec["att"] = 0
-            rec.pop("oc", None)
-            rec.pop("od", None)
-            sl.deadline = -1
-            sl.check_at = -1
+            self._close(sl)
         if new != fsm.ORDERING:  # _order() persists the intent in the same write
             self.persist()
+
+    @staticmethod
+    def _close(sl):
+        """The depletion episode is over: the next one may order again."""
+        rec = sl.rec
+        rec["unc"] = 0
+        rec["att"] = 0
+        for k in ("oc", "od", "rc"):
+            rec.pop(k, None)
+        sl.deadline = -1
+        sl.check_at = -1
 
     def transition(self, sl, ev):
         old = sl.fsm.state
@@ -399,11 +417,18 @@ class App:
         if self._refused is None and not self.tokens.valid():
             if not self.tokens.registered:
                 return (result.REVOKED, "not registered", False, None)
+            wait = self.lwa_at - self.up_s
+            if wait > 0:  # LwA's Retry-After holds for every slot and call, not one
+                return (result.TRANSIENT, "LwA asked to wait", False, b"%d" % wait)
             try:
                 self._refused = _lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
                 self._refused = (result.TRANSIENT, _describe(e), False, None)
             _drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
+            if self._refused and self._refused[3]:
+                from dash.backoff import parse_retry_after
+
+                self.lwa_at = self.up_s + parse_retry_after(self._refused[3])
         return self._refused
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------

@@ -49,8 +49,8 @@ def cancelled(app, sl, source):
     rec = sl.rec
     app.log("order-cancelled", slot=sl.id, event_instance_id=rec.get("ev"), source=source)
     rec["unc"] = 0  # the open order was ours and is gone: a new one is not a duplicate
-    rec.pop("oc", None)
-    rec.pop("od", None)
+    for k in ("oc", "od", "rc"):
+        rec.pop(k, None)
     sl.check_at = -1
     rearm(app, sl)
 

@@ -51,6 +51,11 @@ def _take(app, sl, outcome, eid, code, reason, retry_after):
         rec["test"] = 1 if test else 0
         rec.pop("oc", None)
         rec.pop("od", None)
+        # A recovered order's id is that answer's, which may name no order: until GetOrderInfo
+        # knows it, a relayed notification may name the real one (`provision.relay`).
+        rec.pop("rc", None)
+        if outcome != result.OK:
+            rec["rc"] = 1
         sl.deadline = -1
         sl.check_at = app.up_s + cfg["order_check_s"]
         if outcome == result.OK:
@@ -120,7 +125,11 @@ def _replenish(app, sl):
         return result.SUSPEND, None, None, "", None
     subs = app.state.get("sub")
     if app.subscriptions_stale() or not subs or sl.id not in subs:
-        # Never order on a subscription the customer may have just changed.
+        # Never order on a subscription the customer may have just changed; and never ask
+        # for it while its calls back off (a failure, or DRS's Retry-After).
+        wait = app.duty_at - app.up_s
+        if wait > 0:
+            return result.TRANSIENT, None, None, "SubscriptionInfo backing off", b"%d" % wait
         failed = _lib("duties").fetch_subscriptions(app)
         _drop("duties")
         if failed:

@@ -11,7 +11,7 @@ import os
 from binascii import b2a_base64
 
 from dash import fsm, result
-from dash.episode import cancelled, resume, suspend
+from dash.episode import resume, suspend
 
 PKCE = "pkce.json"
 
@@ -166,18 +166,46 @@ def relay(app, msg):
     if kind == "SubscriptionChanged":
         app.sub_dirty = True
     elif kind == "DeviceDeregistered":
-        # Notifications arrive late and out of order: LwA says whether it is still true.
-        if app.tokens.registered:
-            app.verify_reg = True
-            app.duty_at = 0
-    elif kind == "OrderCancelled":
-        order = msg.get("orderInfo")
-        eid = order.get("instanceId") if isinstance(order, dict) else None
-        for sl in app.slots:
-            if eid and sl.rec.get("ev") == eid and sl.fsm.durable() == fsm.ORDERED:
-                cancelled(app, sl, "notification")
-                matched += 1
+        # Notifications arrive late and out of order: LwA says whether it is still true (when
+        # the device-wide back-off allows: a stream of them must not become a stream of calls).
+        app.verify_reg = app.tokens.registered
+    elif kind == "OrderCancelled" or kind == "OrderPlaced":
+        matched = _order_news(app, kind, msg.get("orderInfo"))
     return {"ok": True, "reason": "", "matched": matched}
+
+
+def _order_news(app, kind, order):
+    """Nothing is taken on trust: a slot waiting for the order a notification names asks
+    GetOrderInfo about it now, within the episode's `order_checks_max`, and only DRS's
+    answer re-arms it."""
+    from dash.check import valid_slot
+
+    if not isinstance(order, dict):
+        return 0
+    eid = order.get("instanceId")
+    if not isinstance(eid, str) or not valid_slot(eid, 255):
+        return 0
+    matched = 0
+    for sl in app.slots:
+        rec = sl.rec
+        if sl.fsm.durable() != fsm.ORDERED:
+            continue
+        if eid == rec.get("ev"):
+            if kind == "OrderPlaced" or rec.get("od"):
+                continue  # known; or delivered, and a delivered order is not cancelled
+        elif rec.get("rc") and order.get("slotId") == sl.id:
+            # A recovered order (an ORDER_INPROGRESS taken as ours) under an id DRS has not
+            # confirmed: this may be the episode's real order.
+            app.log("order-adopted", slot=sl.id, event_instance_id=eid, source=kind)
+            rec["ev"] = eid
+            rec.pop("od", None)
+        else:
+            continue
+        sl.check_at = app.up_s
+        matched += 1
+    if matched:
+        app.persist()
+    return matched
 
 
 def test_order(app, slot_id):

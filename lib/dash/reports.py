@@ -29,8 +29,9 @@ _FAR = const(365 * 86400)  # the latest expected replenishment date we ever repo
 _RATE_FRAC = const(16)  # consumption rate per day is kept with 4 fraction bits
 
 
-def parse_order_status(body, eid):
-    """O_OPEN, O_DONE or O_CANCELLED from a GetOrderInfo answer about `eid`; None if unusable.
+def parse_order_status(body, eid, slot):
+    """O_OPEN, O_DONE or O_CANCELLED from a GetOrderInfo answer about `eid` for `slot`; None if
+    unusable (an item of another slot too).
 
     Amazon lists only some statuses; anything else means the order is still open."""
     try:
@@ -45,7 +46,9 @@ def parse_order_status(body, eid):
         return O_OPEN
     cancelled = done = 0
     for item in items:
-        st = item.get("status") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or item.get("slotId", slot) != slot:
+            return None
+        st = item.get("status")
         st = st.lower() if isinstance(st, str) else ""
         if st in _CANCELLED:
             cancelled += 1
@@ -82,9 +85,12 @@ def order_info(app, sl):
         app.log("order-info", slot=sl.id, event_instance_id=eid, status="unknown")
         app.persist()
         return None
-    o = parse_order_status(body, eid)
+    o = parse_order_status(body, eid, sl.id)
     if o is None:
+        rec["oc"] = rec.get("oc", 0) + 1  # counted too: no id is asked about for ever
+        app.persist()
         return result.TRANSIENT, "GetOrderInfo answer not understood", None
+    rec.pop("rc", None)  # DRS knows the id: the episode's order, whatever became of it
     if o == O_CANCELLED:
         from dash.episode import cancelled
 

@@ -137,16 +137,24 @@ def _order(*statuses, iid="e1"):
 
 
 def test_order_info_answers():
-    assert reports.parse_order_status(_order("Pending"), "e1") == reports.O_OPEN
-    assert reports.parse_order_status(_order("Processing"), "e1") == reports.O_OPEN
-    assert reports.parse_order_status(_order("SomethingNew"), "e1") == reports.O_OPEN
-    assert reports.parse_order_status(_order("Cancelled"), "e1") == reports.O_CANCELLED
-    assert reports.parse_order_status(_order("Delivered"), "e1") == reports.O_DONE
-    assert reports.parse_order_status(_order("Delivered", "Cancelled"), "e1") == reports.O_DONE
-    assert reports.parse_order_status(_order("Cancelled", "Shipped"), "e1") == reports.O_OPEN
-    assert reports.parse_order_status(_order("Cancelled", iid="other"), "e1") is None
-    for junk in (b"", b"{}", b'{"orderInfoData": 5}'):
-        assert reports.parse_order_status(junk, "e1") is None
+    def status(body, eid="e1"):
+        return reports.parse_order_status(body, eid, "a")
+
+    assert status(_order("Pending")) == reports.O_OPEN
+    assert status(_order("Processing")) == reports.O_OPEN
+    assert status(_order("SomethingNew")) == reports.O_OPEN
+    assert status(_order("Cancelled")) == reports.O_CANCELLED
+    assert status(_order("Delivered")) == reports.O_DONE
+    assert status(_order("Delivered", "Cancelled")) == reports.O_DONE
+    assert status(_order("Cancelled", "Shipped")) == reports.O_OPEN
+    assert status(_order("Cancelled", iid="other")) is None
+    # An order of another slot says nothing about this one's (a notification may name it).
+    assert reports.parse_order_status(_order("Cancelled"), "e1", "b") is None
+    no_slot = json.dumps({"orderInfoData": {"instanceId": "e1", "orderItems": [{"status": "X"}]}})
+    assert status(no_slot) == reports.O_OPEN
+    not_item = b'{"orderInfoData": {"instanceId": "e1", "orderItems": [5]}}'
+    for junk in (b"", b"{}", b'{"orderInfoData": 5}', not_item):
+        assert status(junk) is None
 
 
 def test_event_ids_that_cannot_go_into_a_url_are_not_looked_up():
