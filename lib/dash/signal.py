@@ -63,7 +63,7 @@ class Signal:
         self._i = 0
         self._last_raw = 0
         self._same = 0
-        self._ema = -1
+        self._ema = 0
         self._ref = -1  # last sane level, the reference for the drop check
 
     def _median(self):
@@ -96,8 +96,9 @@ class Signal:
         w = self._win
         w[self._i] = raw
         self._i = (self._i + 1) % len(w)
-        if self._n < len(w):
-            self._n += 1
+        n = self._n  # readings in the window before this one
+        if n < len(w):
+            self._n = n + 1
         level = ((self._median() - self.raw_empty) >> self.shift) * self.capacity // self.span
         if level < 0:
             level = 0
@@ -112,8 +113,10 @@ class Signal:
         sh = self.ema_shift
         if sh:
             e = self._ema
-            # Fixed point with `sh` fraction bits keeps the EMA in small ints.
-            e = (level << sh) if e < 0 else e + level - (e >> sh)
+            # Fixed point with `sh` fraction bits keeps the EMA in small ints. Until the window
+            # is full the median may be one unfiltered reading (a half-written file, an ADC
+            # at power-up): till then the EMA is the median itself, and averages from there.
+            e = e + level - (e >> sh) if n == len(w) else level << sh
             self._ema = e
             level = e >> sh
         return level

@@ -60,6 +60,25 @@ def test_ema_smooths():
     assert 600 < s.feed(400) < 800
 
 
+def test_ema_is_not_seeded_by_a_reading_the_median_rejects():
+    # A first reading of 9 (a half-written "900", an ADC at power-up), then full: the EMA used
+    # to start from the 9 and climb for dozens of samples, reading low while the tank was full.
+    s = Signal(0, 1000, 1000, median=5, ema_shift=4)
+    out = [s.feed(r) for r in [9] + [900] * 30]
+    assert out[5:] == [900] * 26, out  # from the warm-up's end (5 samples) on
+    s = Signal(0, 1000, 1000, median=3, ema_shift=4)  # a spike while the window fills, too
+    out = [s.feed(r) for r in (900, 9, 900, 900, 900)]
+    assert out[2:] == [900] * 3, out
+
+
+def test_ema_settles_on_a_steady_level():
+    s = Signal(0, 1000, 1000, median=5, ema_shift=4)
+    assert [s.feed(500) for _ in range(6)] == [500] * 6
+    out = [s.feed(100) for _ in range(200)]
+    assert all(out[i] >= out[i + 1] for i in range(199)), out  # falls, never overshoots
+    assert 100 < out[5] < 500 and out[-1] == 100, out
+
+
 def test_feed_allocates_nothing():
     import micropython
 
