@@ -61,7 +61,7 @@ class Signal:
         self._tmp = array("i", [0] * n)
         self._n = 0
         self._i = 0
-        self._last_raw = 0
+        self._last_raw = self.raw_lo - 1  # no reading that gets to the stuck check is this
         self._same = 0
         self._ema = 0
         self._ref = -1  # last sane level, the reference for the drop check
@@ -86,12 +86,13 @@ class Signal:
         if raw < self.raw_lo or raw > self.raw_hi:
             return F_RANGE
         if self.stuck:
+            # `_same` counts the reading itself: the `stuck`th identical one in a row is stuck.
             if raw == self._last_raw:
                 self._same += 1
                 if self._same >= self.stuck:
                     return F_STUCK
             else:
-                self._same = 0
+                self._same = 1
             self._last_raw = raw
         w = self._win
         w[self._i] = raw

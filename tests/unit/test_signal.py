@@ -32,8 +32,20 @@ def test_out_of_range_and_saturated():
 def test_stuck():
     s = Signal(0, 1000, 1000, stuck=4, median=1)
     out = [s.feed(500) for _ in range(6)]
-    assert out[:3] == [500, 500, 500] and F_STUCK in out
+    assert out == [500, 500, 500, F_STUCK, F_STUCK, F_STUCK], out
     assert s.feed(501) == 501
+
+
+def test_stuck_samples_identical_readings_are_the_fault_not_one_more():
+    # README: `stuck_samples` identical raw counts in a row is a stuck sensor. The fault came
+    # one reading late, so a sensor stuck low could confirm and order on the 5th with 5.
+    s = Signal(0, 1000, 1000, stuck=5, median=1)
+    for r in range(900, 930):
+        s.feed(r)
+    out = [s.feed(100) for _ in range(5)]
+    assert out == [100, 100, 100, 100, F_STUCK], out
+    s = Signal(0, 1000, 1000, stuck=2, median=1)  # the very first reading counts, 0 too
+    assert [s.feed(0), s.feed(0)] == [0, F_STUCK]
 
 
 def test_sudden_drop_is_a_fault_until_it_comes_back():
