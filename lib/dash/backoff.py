@@ -3,6 +3,9 @@
 from micropython import const
 
 _MAX_SHIFT = const(20)
+# Longest Retry-After kept (over two years; the caller caps it with retry_cap_s): ten times it
+# still fits a board's small int, so parsing a longer one never makes a big int.
+_RA_MAX = const(0x3FFFFFF)
 
 
 def retry_delay_s(attempt, base_s, cap_s, rnd, retry_after_s=-1):
@@ -25,7 +28,8 @@ def retry_delay_s(attempt, base_s, cap_s, rnd, retry_after_s=-1):
 
 
 def parse_retry_after(value):
-    """Seconds from a Retry-After header value (bytes), or -1. HTTP dates are not trusted."""
+    """Seconds from a Retry-After header value (bytes), or -1. HTTP dates are not trusted.
+    A huge number is still a long wait: it saturates, it is not taken as no Retry-After."""
     if not value:
         return -1
     n = 0
@@ -33,6 +37,6 @@ def parse_retry_after(value):
         if c < 48 or c > 57:
             return -1
         n = n * 10 + c - 48
-        if n > 0x7FFFFFF:
-            return -1
+        if n > _RA_MAX:
+            n = _RA_MAX
     return n

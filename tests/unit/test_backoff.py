@@ -26,4 +26,14 @@ def test_parse_retry_after():
     assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") == -1
     assert parse_retry_after(b"") == -1
     assert parse_retry_after(None) == -1
-    assert parse_retry_after(b"99999999999999") == -1
+    assert parse_retry_after(b"12a") == -1
+    assert parse_retry_after(b"-5") == -1
+
+
+def test_a_huge_retry_after_saturates_and_the_cap_bounds_it():
+    # It was taken as no Retry-After at all: retried after retry_base_s, not retry_cap_s.
+    for v in (b"200000000", b"99999999999999", b"9" * 40):
+        ra = parse_retry_after(v)
+        assert ra > 7 * 86400, (v, ra)  # above the longest retry_cap_s the config allows
+        assert retry_delay_s(0, 30, 21600, 0, ra) == 21600
+    assert parse_retry_after(b"99999999999999x") == -1  # still not a number
