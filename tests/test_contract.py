@@ -105,6 +105,26 @@ def test_overdue_device_status_is_sent_at_boot(device, emulator):
     assert len(only(emulator, "/deviceStatus")) == 2
 
 
+def test_a_device_status_sent_while_the_clock_was_ahead_holds_up_none(make_device, emulator):
+    wall = 1790000000
+    dev = make_device(wall=wall + 10 * DAY).start()  # the RTC ten days ahead
+    dev.run(HOUR)
+    assert len(only(emulator, "/deviceStatus")) == 1
+    dev.stop()
+    dev.wall = wall - dev.elapsed  # the clock set right, the board reset: RTC memory kept
+    dev.start()
+    dev.run(5 * MIN)
+    # The last one was sent "in the future": when is unknown, so one goes out at boot (it
+    # used to wait the ten days), then one a day.
+    assert len(only(emulator, "/deviceStatus")) == 2
+    dev.run(2 * DAY)
+    assert [d[:10] for d in emulator.device_status[1:]] == [
+        "2026-09-21",
+        "2026-09-22",
+        "2026-09-23",
+    ]
+
+
 def test_device_status_waits_for_the_wall_clock(make_device, emulator):
     dev = make_device(wall=0).start()
     dev.run(2 * DAY)

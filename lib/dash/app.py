@@ -457,7 +457,9 @@ class App:
                 if not now:
                     self.wall_retry = up + 600
                 else:
-                    self.ds_up = max(0, self.warm["ds"] + _DAY - now)
+                    # As at boot: a last-sent time ahead of the clock is unknown, so due now.
+                    d = now - self.warm["ds"]
+                    self.ds_up = up + (_DAY - d if 0 <= d < _DAY else 0)
         # Per slot (inline, not a method each: a function is some 100 bytes of heap).
         for sl in self.slots:
             if up < sl.duty_at:

@@ -39,7 +39,9 @@ def device_status(app, sl=None):
         app.wall_retry = app.up_s + 600  # no clock yet: look again in ten minutes
         return None
     ds = app.warm["ds"]
-    if now - ds < _DAY:  # the clock became known just now, and it is not due yet
+    # Not due yet (the clock became known just now). A last-sent time ahead of the clock (it
+    # was ahead, then set back) is unknown, or none would go out for as long as it was ahead.
+    if 0 <= now - ds < _DAY:
         app.ds_up = app.up_s + ds + _DAY - now
         return None
     sent = iso8601(now)

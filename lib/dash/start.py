@@ -73,7 +73,8 @@ def boot(app, cfg, sec, errors, urls):
     restore(app)
     now = app.clock.wall()
     if now:
-        app.ds_up = max(0, app.warm["ds"] + _DAY - now)
+        d = now - app.warm["ds"]  # since DeviceStatus; negative: the clock was ahead, unknown
+        app.ds_up = _DAY - d if 0 <= d < _DAY else 0
         for sl in app.slots:
             rw = sl.rec.get("rw", 0)
             sl.report_up = rw - now if rw else 0

@@ -182,6 +182,70 @@ def test_dates_and_report_bodies():
     }
 
 
+NOW = 1790000000
+DAY = 86400
+
+
+class DsApp:
+    """What `daily.device_status` asks of the application, and its clock."""
+
+    up_s = 1000
+
+    def __init__(self, ds):
+        self.warm = {"ds": ds}
+        self.clock = self
+        self.ds_up = -1
+        self.logged = []
+
+    def wall(self):
+        return NOW
+
+    def ticks_ms(self):
+        return 0
+
+    def keep(self):
+        pass
+
+    def log(self, tag, **fields):
+        self.logged.append(tag)
+
+
+def test_device_status_sent_ahead_of_the_clock_is_due_now():
+    # The RTC was ahead when DeviceStatus last went out, then NTP set it back: `now - ds` is
+    # negative, and was read as "sent less than a day ago" for as long as the clock was ahead.
+    from dash.app import App
+
+    class Registered:
+        registered = True
+
+    sent = []
+    real = daily.answer
+    daily.answer = lambda app, *a, **k: sent.append(a[1]) or (None, None)
+    try:
+        for ds, is_sent, due in (
+            (NOW + 10 * DAY, 1, 1000 + DAY),
+            (NOW - 3600, 0, 1000 + DAY - 3600),
+        ):
+            app = DsApp(ds)
+            assert daily.device_status(app) is None
+            assert len(sent) == is_sent and app.ds_up == due, (ds, sent, app.ds_up)
+            assert app.warm["ds"] == (NOW if is_sent else ds)
+            sent.clear()
+    finally:
+        daily.answer = real
+    # The same rule where the clock becomes known after boot (App._duty); at boot (start):
+    # test_contract.py. A due time is uptime there too (it was seconds from now).
+    for ds, due in ((NOW + 10 * DAY, 0), (NOW - 3600, DAY - 3600), (NOW - 2 * DAY, 0)):
+        clock = DsApp(ds)
+        app = App(".", clock, clock.log, rtc=object())
+        app.tokens = Registered()
+        app.cfg = {"subscription_check_s": DAY}
+        app.sub_at = app.up_s = 1000
+        app.warm = clock.warm
+        app._duty()
+        assert app.ds_up == 1000 + due, (ds, app.ds_up)
+
+
 def test_pkce_challenge_matches_rfc7636():
     from dash import provision
 
