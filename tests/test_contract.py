@@ -328,6 +328,29 @@ def test_revoked_registration_wipes_tokens(device, emulator):
     assert "Atzr|" not in flash_text(device)
 
 
+def test_a_registration_is_not_lost_to_a_flash_that_refuses_a_write(make_device, emulator):
+    dev = make_device(config={"redirect_uri": REDIRECT}).start()
+    dev.run(10 * MIN)
+    emulator.revoke_all()
+    emulator.expire_access_tokens()
+    # secrets.json cannot be rewritten (its .tmp cannot be made): the revoked refresh token
+    # provisioned there stays on flash for now.
+    (dev.root / "secrets.json.tmp").mkdir()
+    st = dev.run(DAY + HOUR)
+    assert st["registered"] is False and st["state"] == "suspended"
+    assert dev.tagged("unregistered") and "Atzr|" in (dev.root / "secrets.json").read_text()
+    # A new registration is refused while the old token would come back at the next boot.
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    answer = dev.command("register", code)
+    assert answer["ok"] is False and "secrets.json" in answer["reason"]
+    (dev.root / "secrets.json.tmp").rmdir()
+    assert dev.command("register", code)["ok"] is True
+    assert "Atzr|" not in (dev.root / "secrets.json").read_text()
+    dev.restart()
+    st = dev.run(10 * MIN)
+    assert st["registered"] is True and drain(dev)["state"] == "ordered"
+
+
 def test_deregistered_notification_is_honoured(device, emulator):
     device.run(10 * MIN)
     emulator.revoke_all()  # what a deregistration does at Amazon

@@ -401,6 +401,23 @@ def test_corrupt_state_file_is_recovered(device, emulator):
     assert not device.tagged("state-reset")
 
 
+@pytest.mark.parametrize("field", [("rw", "1790000000"), ("dr", [1]), ("att", -3), ("ev", 7)])
+def test_a_state_record_of_the_wrong_shape_is_recovered(device, emulator, field):
+    # Its checksum is good (a hand edit, another firmware), its content is not ours.
+    from zlib import crc32
+
+    drain(device)
+    rec = {"st": 6, "att": 1, "dr": 600, "dw": 0, "ev": None}
+    rec[field[0]] = field[1]
+    body = json.dumps({"slots": {"slot-a": rec}}).encode()
+    (device.root / "state.json").write_bytes(body + b"\n#%08x\n" % crc32(body))
+    device.restart()
+    assert device.tagged("state-reset") and not device.tagged("error")
+    st = device.run(HOUR)
+    # The order is open at DRS; it is taken as ours, not placed again.
+    assert st["state"] == "ordered" and len(emulator.orders) == 1
+
+
 def test_bad_config_names_each_key_and_idles(make_device, emulator):
     dev = make_device(config={"low": "low", "sample_s": -5})
     (dev.root / "secrets.json").write_text('{"refresh_token": "Atzr|x"}')
@@ -412,6 +429,18 @@ def test_bad_config_names_each_key_and_idles(make_device, emulator):
     dev.set_level(LOW)
     st = dev.run(24 * HOUR)
     assert st["state"] == "suspended" and emulator.requests == []
+
+
+def test_a_sensor_the_board_cannot_open_is_a_config_error(make_device, emulator):
+    # An ADC sensor on the unix port, which has no ADC: as a pin without one on a board.
+    sensor = {"kind": "adc", "pin": 5, "raw_empty": 0, "raw_full": 65535, "capacity": 1000}
+    dev = make_device(config={"sensor": sensor})
+    dev.start()
+    assert dev.boot_ok is False
+    (err,) = dev.tagged("config-error")
+    assert "slot 'slot-a': its sensor cannot be opened" in err["message"]
+    assert not dev.tagged("error") and dev.run(HOUR)["state"] != "ordering"
+    assert emulator.requests == []
 
 
 def test_sensor_faults_never_order(device, emulator):

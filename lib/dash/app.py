@@ -214,9 +214,9 @@ class App:
         return max(0, sl.deadline - self.up_s)
 
     def persist(self):
-        """Write state.json (only when it changed). False when there was no memory for it:
-        then flash is as it was, the next step tries again, and nothing that needs the write
-        on flash first (an order's intent) may go ahead."""
+        """Write state.json (only when it changed). False when it could not be written (no
+        memory, or the flash refused): then flash is as it was, the next step tries again, and
+        nothing that needs the write on flash first (an order's intent) may go ahead."""
         try:
             for sl in self.slots:
                 rec = sl.rec
@@ -233,9 +233,10 @@ class App:
                     rec["sr"] = sl.reason
                     rec["sf"] = self._fingerprint
             self.store.save(STATE, self.state)
-        except MemoryError:
+        except (MemoryError, OSError) as e:  # no heap, or flash full or failing: next step
             self._unsaved = True
-            self.log("persist-postponed", reason="low memory")
+            why = "low memory" if isinstance(e, MemoryError) else "flash: %s" % e
+            self.log("persist-postponed", reason=why)
             return False
         self._unsaved = False
         return True

@@ -153,7 +153,14 @@ def _check(src, schema, out, errors, where, prefix=""):
     known = _keys(schema)
     for key in src:
         if key not in known:
+            if where == SECRETS and not _plain(key):  # a token pasted as a key: not echoed
+                key = "(%d characters, not shown)" % len(key)
             errors.append("%s: '%s%s' is not a known key" % (where, prefix, key))
+
+
+def _plain(key):
+    """A key name as ours are written (a typo of one, say): lower case, digits and _."""
+    return len(key) <= 32 and all(c == "_" or "a" <= c <= "z" or "0" <= c <= "9" for c in key)
 
 
 def _read(path, errors):

@@ -36,7 +36,7 @@ E_PROTO = const(6)  # malformed answer
 E_TOOBIG = const(7)  # answer larger than allowed
 E_CA = const(8)  # trust store missing or unreadable
 # Their names, from E_DNS on: one string, not a tuple of them (each a heap object).
-_ERRORS = "dns connect tls timeout reset protocol too_big ca"
+_ERRORS = "dns connect tls timeout reset protocol too_big ca_file"
 
 
 def error_name(code):

@@ -141,7 +141,7 @@ def _replenish(app, sl):
         return result.UNSUBSCRIBED, None, None, "", None
     rec["fl"] = 1
     if not app.persist():  # the intent is on flash before anything leaves the device
-        return result.TRANSIENT, None, None, "low memory: the intent is not on flash", None
+        return result.TRANSIENT, None, None, "the intent could not be written to flash", None
     app.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
     ans, fail = call(app, drs.REPLENISH, drs.replenish_path(sl.id))
     if fail:

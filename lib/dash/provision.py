@@ -95,6 +95,13 @@ def register(app, code):
         return refuse("config.json: 'redirect_uri' is needed to register")
     if not isinstance(code, str) or not 0 < len(code) <= 512 or not printable(code):
         return refuse("that is not an authorization code")
+    try:
+        # A refresh token left in secrets.json (its removal failed) would be taken at the
+        # next boot as newly provisioned, and its refusal would cost the new registration.
+        forget_provisioned_token(app.root)
+    except OSError:
+        return refuse("flash: the old refresh token could not be removed from secrets.json")
+    app.refingerprint()
     v = ""
     if not tokens.client_secret:
         if not app.store.exists(PKCE):
@@ -143,7 +150,10 @@ def unregister(app, reason):
     tokens.seed = mark("")
     tokens.store.remove(TOKENS)
     keep_access(tokens, None)  # and from RTC memory
-    forget_provisioned_token(app.root)
+    try:
+        forget_provisioned_token(app.root)
+    except OSError as e:  # flash full or failing: `register` tries again before it trades
+        app.log("persist-postponed", reason="flash: %s" % e, file="secrets.json")
     app.refingerprint()
     app.state.pop("sub", None)
     app.log("unregistered", reason=reason)

@@ -68,7 +68,12 @@ def boot(app, cfg, sec, errors, urls):
             s["ema_shift"],
         )
         machine = fsm.Machine(sc["low"], sc["high"], sc["confirm_samples"], sc["warmup_samples"])
-        app.slots.append(Slot(sc, open_sensor(s), signal, machine))
+        try:
+            sensor = open_sensor(s)
+        except Exception as e:  # noqa: BLE001 - a pin without an ADC, a board without any
+            why = "config.json: slot '%s': its sensor cannot be opened on this board (%s %s)"
+            return boot(app, cfg, sec, [why % (sc["slot_id"], type(e).__name__, e)], urls)
+        app.slots.append(Slot(sc, sensor, signal, machine))
     app.refingerprint()
     restore(app)
     now = app.clock.wall()
@@ -77,7 +82,7 @@ def boot(app, cfg, sec, errors, urls):
         app.ds_up = _DAY - d if 0 <= d < _DAY else 0
         for sl in app.slots:
             rw = sl.rec.get("rw", 0)
-            sl.report_up = rw - now if rw else 0
+            sl.report_up = rw - now if 0 < rw <= now else 0  # ahead of the clock: unknown
     if not app.tokens.registered:
         app.log("unregistered", hint="register the device to let it order")
     return True
@@ -90,6 +95,8 @@ def restore(app):
         app.log("state-reset", reason="state file corrupt; starting from defaults")
     if st is None or not isinstance(st.get("slots"), dict):
         st = {"slots": {}}
+    if not isinstance(st.get("sub"), dict):
+        st.pop("sub", None)
     old = st["slots"]
     st["slots"] = {}  # slots no longer configured are forgotten
     # DeviceStatus's last-sent time lives in RTC memory: a daily flash write for it would be
@@ -101,13 +108,33 @@ def restore(app):
     app.state = st
     for sl in app.slots:
         rec = old.get(sl.id)
-        if not isinstance(rec, dict):
+        if rec is not None and not _sane(rec):
+            # Its checksum is good, yet it is not what this firmware writes (a hand edit,
+            # another version): starting over beats a crash at every boot. An order may be
+            # open: if DRS says one is, it is taken as ours.
+            app.log("state-reset", slot=sl.id, reason="slot record not understood")
+            rec = {"unc": 1}
+        elif rec is None:
             # Without a record we cannot know whether an order is open; if DRS says one
             # is, take it as ours.
             rec = {"unc": 1} if corrupt else {}
         st["slots"][sl.id] = rec
         sl.rec = rec
         _restore_slot(app, sl)
+
+
+def _sane(rec):
+    """A slot record as `App.persist` writes it: the order's id and code and a suspension's
+    reason are text (or None), everything else a whole number, never negative."""
+    if not isinstance(rec, dict):
+        return False
+    for k, v in rec.items():
+        if k in ("ev", "dc", "sr"):
+            if v is not None and not isinstance(v, str):
+                return False
+        elif not isinstance(v, int) or v < 0:
+            return False
+    return True
 
 
 def _restore_slot(app, sl):

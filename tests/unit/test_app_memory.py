@@ -1,6 +1,7 @@
-"""The application when memory runs short: an event is never lost to a MemoryError raised by
-its own log line; a state write without memory is postponed to the next step, not lost; and
-an order whose intent could not be written does not leave the device."""
+"""The application when memory or flash runs short: an event is never lost to a MemoryError
+raised by its own log line; a state write without memory, or on a full flash, is postponed to
+the next step, not lost; and an order whose intent could not be written does not leave the
+device."""
 
 from dash import app as app_module
 from dash import ordering, result
@@ -77,6 +78,43 @@ def test_a_state_write_without_memory_is_made_by_the_next_step():
     assert store.saved == 1  # and only once
 
 
+def test_a_state_write_on_a_full_flash_is_made_by_the_next_step():
+    # A real littlefs, full: its ENOSPC, not a stand-in.
+    import os
+
+    import vfs
+    from test_powercut import MNT, CuttableRam, _mount
+
+    from dash.store import Store
+
+    bd = CuttableRam()
+    vfs.VfsLfs2.mkfs(bd)
+    _mount(bd)
+    try:
+        app, got = app_with(Store(MNT))
+        app.state = {"slots": {}, "x": "y" * 300}
+        n = 0
+        try:
+            while True:  # files, each closed, so that littlefs keeps them
+                with open(MNT + "/junk%d" % n, "wb") as f:
+                    f.write(b"j" * 200)
+                n += 1
+        except OSError:
+            pass  # the flash is full
+        assert app.persist() is False and "flash" in got[-1]
+        app.step()
+        assert "persist-postponed" in got[-1]  # still full: tried again, still not lost
+        for k in range(n + 1):
+            try:
+                os.remove(MNT + "/junk%d" % k)
+            except OSError:
+                pass
+        app.step()
+        assert Store(MNT).load("state.json") == app.state
+    finally:
+        vfs.umount(MNT)
+
+
 class Slot:
     id = "a"
 
@@ -85,7 +123,8 @@ class Slot:
 
 
 class OrderingApp:
-    """What `_replenish` asks of the application, with a state write that finds no memory.
+    """What `_replenish` asks of the application, with a state write that fails (no memory,
+    or the flash).
     No transport: a request would fail the test with an AttributeError."""
 
     class tokens:
@@ -105,7 +144,7 @@ class OrderingApp:
 
 def test_an_order_whose_intent_is_not_on_flash_does_not_leave():
     outcome, eid, code, reason, retry_after = ordering._replenish(OrderingApp(), Slot())
-    assert outcome == result.TRANSIENT and eid is None and "not on flash" in reason
+    assert outcome == result.TRANSIENT and eid is None and "not be written" in reason
 
 
 class Valid:

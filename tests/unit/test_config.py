@@ -70,6 +70,11 @@ def test_secret_values_never_in_messages():
     errors = errors_of(good(), sec)
     assert len(errors) == 2
     assert not any("SECRET" in e for e in errors)
+    # A token pasted where a key goes is not echoed; a mistyped key name is.
+    sec = {"client_id": "x", "Atzr|SECRET": 1, "client_secrt": "s"}
+    errors = errors_of(good(), sec)
+    assert not any("SECRET" in e for e in errors) and len(errors) == 2
+    assert any("'client_secrt' is not a known key" in e for e in errors)
 
 
 def test_not_json_and_missing_files(tmp="/tmp/dash-unit-cfg"):

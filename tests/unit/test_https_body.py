@@ -214,5 +214,5 @@ def test_an_answer_that_cannot_be_framed_one_way_only_is_refused():
 def test_each_transport_error_has_its_name():
     codes = (https.E_DNS, https.E_CONNECT, https.E_TLS, https.E_TIMEOUT, E_RESET, E_PROTO)
     names = [https.error_name(c) for c in codes + (E_TOOBIG, https.E_CA)]
-    assert names == ["dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca"]
+    assert names == ["dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca_file"]
     assert https.error_name(0) == https.error_name(9) == "unknown"  # never another's name
