@@ -168,6 +168,20 @@ def test_slot_status_reports_consumption_rate_limited_with_an_estimate(device, e
     assert abs(hours - want) <= max(1.0, 0.3 * want), (hours, want)
 
 
+def test_a_slot_status_baseline_taken_while_the_clock_was_ahead_holds_up_none(
+    make_device, emulator
+):
+    wall = 1790000000
+    dev = make_device(wall=wall + 10 * DAY).start()  # the RTC ten days ahead
+    dev.run(HOUR)  # the SlotStatus baseline is taken "in the future"
+    dev.stop()
+    dev.wall = wall - dev.elapsed  # the clock set right, the board reset
+    dev.start()
+    dev.set_level(FULL - 300)
+    dev.run(2 * HOUR)
+    assert len(emulator.slot_status.get("slot-a", [])) == 1
+
+
 def test_no_slot_status_while_nothing_is_used(device, emulator):
     device.run(3 * DAY)
     assert emulator.slot_status.get("slot-a", []) == []

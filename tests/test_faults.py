@@ -304,6 +304,27 @@ def test_power_cut_during_the_request_never_orders_twice(device, emulator):
     assert len(replenishes(emulator)) == 2
 
 
+def test_a_board_that_browns_out_in_every_request_backs_off(make_device, emulator):
+    dev = make_device(config={"retry_base_s": 600}).start()
+    cut_power_during_the_order(dev, emulator)
+    for attempt in (1, 2):
+        dev.start()
+        f = dev.tagged("order-failed")[-1]
+        assert "power" in f["reason"] and f["attempt"] == attempt
+        assert 600 <= f["retry_in_s"] <= 600 << (attempt - 1)
+        dev.run(9 * MIN)  # warm-up over, the back-off not
+        assert len(replenishes(emulator)) == attempt
+        if attempt == 1:  # the retry leaves, and the power goes again
+            emulator.inject("/replenish/", "delay", seconds=1.5)
+            dev._send("run %d" % (HOUR * 1000))
+            deadline = time.monotonic() + 30
+            while len(replenishes(emulator)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            dev.kill()
+    assert dev.run(HOUR)["state"] == "ordered" and dev.tagged("order-recovered")
+    assert len(emulator.orders) == 1
+
+
 def test_a_refill_while_the_device_was_off_ends_the_order_attempt(device, emulator):
     cut_power_during_the_order(device, emulator)
     device.set_level(FULL)  # the customer refilled it by hand meanwhile

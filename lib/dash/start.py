@@ -163,6 +163,19 @@ def _restore_slot(app, sl):
         # The last request may have left before the power went: an open order may be ours.
         rec["unc"] = 1
         rec["fl"] = 0
+        if st == fsm.ORDERING:
+            # A failed attempt like any other, so it backs off: a board that browns out in
+            # every request (Wi-Fi and TLS draw the most) must not send one per boot.
+            from dash.backoff import retry_delay_s
+
+            att = rec.get("att", 0)
+            cfg = app.cfg
+            rec["dr"] = retry_delay_s(att, cfg["retry_base_s"], cfg["retry_cap_s"], app.rand())
+            rec["dw"] = 0
+            rec["att"] = att + 1
+            st = fsm.RETRY
+            why = "the power went during the request"
+            app.log("order-failed", slot=sl.id, reason=why, retry_in_s=rec["dr"], attempt=att + 1)
     if st in _BACKOFF_STATES:
         left = rec.get("dr", 0)
         now, dw = app.clock.wall(), rec.get("dw", 0)
