@@ -295,6 +295,58 @@ def test_a_recovered_order_learns_its_real_id_from_a_notification(device, emulat
     )
 
 
+def test_a_stale_cancellation_adopted_by_a_recovered_order_never_orders_twice(device, emulator):
+    emulator.place_order("slot-a", "amzn1.dash.v2.o.ro.old")  # an earlier episode's order,
+    emulator.cancel_order("slot-a")  # cancelled long ago
+    device.run(10 * MIN)
+    emulator.inject("/replenish/", "reset_after_processing")
+    drain(device)
+    assert device.run(2 * HOUR)["state"] == "ordered" and device.tagged("order-recovered")
+    # Its cancellation arrives late (or is replayed): adopted, and GetOrderInfo says
+    # Cancelled; yet the episode's own order is still open, and is taken as such.
+    assert device.command("relay", cancelled_msg("amzn1.dash.v2.o.ro.old"))["matched"] == 1
+    assert device.run(HOUR)["state"] == "ordered" and device.tagged("order-cancelled")
+    emulator.mark_delivered("slot-a")  # the one real order arrives, not yet put in
+    device.run(8 * HOUR)
+    assert len(emulator.orders) == 2  # the old one and the episode's
+
+
+def test_relays_cannot_drive_calls_past_order_checks_max(make_device, emulator):
+    dev = make_device(config={"order_checks_max": 2}).start()
+    dev.run(10 * MIN)
+    emulator.inject("/replenish/", "reset_after_processing")
+    drain(dev)
+    assert dev.run(2 * HOUR)["state"] == "ordered"
+    dev.run(DAY)
+    n = len(only(emulator, "/getOrderInfo/"))
+    for i in range(10):
+        placed = "amzn1.dash.v2.o.ro.fake%d" % i
+        dev.command("relay", cancelled_msg(placed, kind="OrderPlacedNotification"))
+        dev.run(MIN)
+    assert len(only(emulator, "/getOrderInfo/")) - n <= 2
+
+
+def test_a_cancellation_relayed_after_the_checks_ran_out_is_still_checked(make_device, emulator):
+    dev = make_device(config={"order_check_s": 600, "order_checks_max": 2}).start()
+    eid = drain(dev)["event_instance_id"]
+    dev.run(HOUR)  # both checks used: "open"
+    assert len(only(emulator, "/getOrderInfo/")) == 2
+    assert emulator.cancel_order("slot-a") == eid
+    for _ in range(5):  # a stream of them is one more check, not five
+        assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    st = dev.run(DAY)
+    assert len(only(emulator, "/getOrderInfo/" + eid)) == 3
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+    # Past the checks, a stream of relays about an order still open is one more check.
+    eid = st["event_instance_id"]
+    dev.run(HOUR)
+    assert len(only(emulator, "/getOrderInfo/" + eid)) == 2
+    for _ in range(6):
+        dev.command("relay", cancelled_msg(eid))
+        dev.run(HOUR)
+    assert len(only(emulator, "/getOrderInfo/" + eid)) == 3
+
+
 def test_junk_relay_is_refused_cleanly(device):
     assert device.command("relay", "{not json")["ok"] is False
     assert device.command("relay", "[1, 2]")["ok"] is False

@@ -147,6 +147,15 @@ def test_retry_after_is_honoured(device, emulator):
     assert second - first >= 3600
 
 
+def test_a_huge_retry_after_from_lwa_is_capped(make_device, emulator):
+    dev = make_device(config={"retry_cap_s": 3600}).start()
+    dev.run(10 * MIN)
+    emulator.expire_access_tokens()
+    emulator.inject("/auth/", "status", status=429, headers={"Retry-After": "200000000"})
+    drain(dev)
+    assert dev.run(3 * HOUR)["state"] == "ordered"
+
+
 def test_untrusted_certificate_is_refused_before_any_request(make_device, emulator):
     dev = make_device(port=emulator.port_untrusted).start()
     st = drain(dev)
@@ -380,22 +389,34 @@ def test_a_refill_while_suspended_ends_the_episode(device, emulator):
     assert device.run(HOUR)["state"] == "ordered" and len(emulator.orders) == 2
 
 
-def test_a_top_up_during_a_back_off_needs_a_new_low(device, emulator):
+def test_a_back_off_ends_in_an_order_only_while_the_slot_is_low(device, emulator):
     # The customer's own order is open, so DRS answers ORDER_INPROGRESS; it arrives and is
-    # put in, not quite to `high`. Or a 503 backs off and the customer tops up meanwhile.
+    # put in, not quite to `high`: no order while above low, one once low again.
     device.run(30 * MIN)
     emulator.place_order("slot-a")
     assert drain(device)["state"] == "inprogress"
     emulator.mark_delivered("slot-a")
     device.set_level(600)  # above low (200), below high (800)
-    st = device.run(8 * HOUR)
-    assert st["state"] == "monitor" and len(emulator.orders) == 1  # the customer's alone
+    device.run(8 * HOUR)
+    assert len(replenishes(emulator)) == 1 and len(emulator.orders) == 1
+    assert drain(device)["state"] == "ordered" and len(emulator.orders) == 2
+
+
+def test_a_top_up_after_a_lost_answer_never_orders_twice(device, emulator):
+    # The order is placed but its answer lost; the customer tops up a little by hand while
+    # the device backs off. The episode goes on: once low again, DRS's ORDER_INPROGRESS is
+    # the episode's own order, not somebody else's.
+    device.run(10 * MIN)
+    emulator.inject("/replenish/", "reset_after_processing")
+    assert drain(device)["state"] == "retry" and len(emulator.orders) == 1
+    device.set_level(250)  # low is 200, high 800
+    device.run(2 * HOUR)
     assert len(replenishes(emulator)) == 1
-    emulator.inject("/replenish/", "status", status=503, headers={"Retry-After": "3600"})
-    assert drain(device)["state"] == "retry"
-    device.set_level(600)
-    assert device.run(2 * HOUR)["state"] == "monitor" and len(replenishes(emulator)) == 2
-    assert drain(device)["state"] == "ordered" and len(replenishes(emulator)) == 3
+    st = drain(device, 60)
+    assert st["state"] == "ordered" and device.tagged("order-recovered")
+    emulator.mark_delivered("slot-a")  # delivered, not yet put in
+    device.run(8 * HOUR)
+    assert len(emulator.orders) == 1
 
 
 def test_subscription_retry_after_holds_for_the_order_too(make_device, emulator):

@@ -349,9 +349,10 @@ class App:
         if st != before:
             self._changed(sl, before, st, was)
             before = st
-        if st in _BACKOFF_STATES and self._left(sl) == 0:
-            # Back-off over: order if still low; after a top-up, a new low must be confirmed.
-            st = m.event(fsm.E_TIMER if level <= m.low else fsm.E_REARM)
+        if st in _BACKOFF_STATES and self._left(sl) == 0 and level <= m.low:
+            # Back-off over, and still low. Topped up above low (not refilled to high: the
+            # episode, and an order of it that may be open, go on) it waits to be low again.
+            st = m.event(fsm.E_TIMER)
             self._changed(sl, before, st)
         if st == fsm.ORDERING:
             self.order(sl)
@@ -382,7 +383,7 @@ class App:
         rec = sl.rec
         rec["unc"] = 0
         rec["att"] = 0
-        for k in ("oc", "od", "rc"):
+        for k in ("oc", "od", "rc", "ox"):
             rec.pop(k, None)
         sl.deadline = -1
         sl.check_at = -1
@@ -429,7 +430,8 @@ class App:
             if self._refused and self._refused[3]:
                 from dash.backoff import parse_retry_after
 
-                self.lwa_at = self.up_s + parse_retry_after(self._refused[3])
+                wait = min(parse_retry_after(self._refused[3]), self.cfg["retry_cap_s"])
+                self.lwa_at = self.up_s + wait
         return self._refused
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------

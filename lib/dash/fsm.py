@@ -61,8 +61,8 @@ _TABLE = (
     b".117.3....8.."  # 2 CONFIRM
     b"..1....4568.9"  # 3 ORDERING
     b"..17......81."  # 4 ORDERED
-    b"..17..3...81."  # 5 INPROGRESS
-    b"..17..3...81."  # 6 RETRY
+    b"..17..3...8.."  # 5 INPROGRESS
+    b"..17..3...8.."  # 6 RETRY
     b"rrr.......8.."  # 7 FAULT
     b".......4...1."  # 8 SUSPENDED
     b"..17......81."  # 9 UNSUBSCRIBED

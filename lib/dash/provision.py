@@ -196,14 +196,24 @@ def _order_news(app, kind, order):
     if not isinstance(eid, str) or not valid_slot(eid, 255):
         return 0
     matched = 0
+    most = app.cfg["order_checks_max"]
     for sl in app.slots:
         rec = sl.rec
+        oc = rec.get("oc", 0)
         if sl.fsm.durable() != fsm.ORDERED:
             continue
         if eid == rec.get("ev"):
             if kind == "OrderPlaced" or rec.get("od"):
                 continue  # known; or delivered, and a delivered order is not cancelled
-        elif rec.get("rc") and order.get("slotId") == sl.id:
+            if oc >= most:
+                # Checks used up (an order open for weeks): one more, once per order, at the
+                # usual interval after the last, so that a stream of these is no stream of calls.
+                if not rec.get("ox"):
+                    rec["oc"] = max(0, most - 1)
+                    rec["ox"] = 1
+                    matched += 1
+                continue
+        elif rec.get("rc") and order.get("slotId") == sl.id and oc < most:
             # A recovered order (an ORDER_INPROGRESS taken as ours) under an id DRS has not
             # confirmed: this may be the episode's real order.
             app.log("order-adopted", slot=sl.id, event_instance_id=eid, source=kind)

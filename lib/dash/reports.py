@@ -82,6 +82,7 @@ def order_info(app, sl):
     if status != 200:
         # DRS does not know the id (an ORDER_INPROGRESS answer's, say): stop asking.
         rec["od"] = 1
+        rec["oc"] = rec.get("oc", 0) + 1  # and a notification's id to adopt is a check too
         app.log("order-info", slot=sl.id, event_instance_id=eid, status="unknown")
         app.persist()
         return None
@@ -90,12 +91,13 @@ def order_info(app, sl):
         rec["oc"] = rec.get("oc", 0) + 1  # counted too: no id is asked about for ever
         app.persist()
         return result.TRANSIENT, "GetOrderInfo answer not understood", None
-    rec.pop("rc", None)  # DRS knows the id: the episode's order, whatever became of it
     if o == O_CANCELLED:
         from dash.episode import cancelled
 
         cancelled(app, sl, "GetOrderInfo")
-    elif o == O_DONE:
+        return None
+    rec.pop("rc", None)  # DRS knows the id: open or delivered, it is an order of this slot
+    if o == O_DONE:
         rec["od"] = 1
         app.log("order-delivered", slot=sl.id, event_instance_id=eid)
         app.persist()

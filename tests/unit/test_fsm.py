@@ -78,14 +78,6 @@ def test_backoff_states_and_refill():
         assert m.event(fsm.E_TIMER) == fsm.ORDERING
         m.event(ev)
         assert feed(m, 900) == fsm.MONITOR
-        # Topped up above low during the back-off: the app re-arms instead of ordering, and
-        # a new low must be confirmed.
-        m = machine(confirm=2)
-        feed(m, 500, 500, 100, 100)
-        m.event(ev)
-        assert feed(m, 600) == st
-        assert m.event(fsm.E_REARM) == fsm.MONITOR
-        assert feed(m, 100) == fsm.CONFIRM
 
 
 def test_suspended_is_final():
