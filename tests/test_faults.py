@@ -156,6 +156,15 @@ def test_a_huge_retry_after_from_lwa_is_capped(make_device, emulator):
     assert dev.run(3 * HOUR)["state"] == "ordered"
 
 
+def test_a_token_shorter_lived_than_the_margin_is_used_not_refreshed_again(make_device, emulator):
+    emulator.access_token_lifetime = 240  # LwA's token lives less than token_margin_s (300)
+    dev = make_device().start()
+    dev.run(10 * MIN)
+    drs = [r for r in emulator.requests if not r["path"].startswith("/auth/")]
+    assert len(drs) == 2  # SubscriptionInfo and DeviceStatus at boot
+    assert len(token_calls(emulator)) == 1  # one refresh for both, not two for each
+
+
 def test_untrusted_certificate_is_refused_before_any_request(make_device, emulator):
     dev = make_device(port=emulator.port_untrusted).start()
     st = drain(dev)

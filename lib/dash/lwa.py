@@ -260,6 +260,7 @@ def grant(tokens, https, url, form, need_refresh):
     now = clock.wall()
     tokens.exp_ticks = clock.ticks_add(clock.ticks_ms(), exp * 1000)
     tokens.exp_wall = now + exp if now else 0
+    tokens.life_s = exp
     if rt:
         tokens.refresh = rt
     # Persist before use: a rotated refresh token lost now would strand the device. Not

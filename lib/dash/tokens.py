@@ -41,6 +41,7 @@ class Tokens:
         self.unsaved = False  # a rotated refresh token is not on flash yet (see `save`)
         self.exp_wall = 0
         self.exp_ticks = 0
+        self.life_s = 0  # the access token's lifetime as LwA gave it; 0 = not known
         self.seed = mark(secrets["refresh_token"])
         rec = store.load(TOKENS)
         self.refresh = secrets["refresh_token"]
@@ -55,7 +56,12 @@ class Tokens:
                 self.exp_wall = exp
 
     def valid(self):
-        return self.access is not None and fresh(0, self.left_ms(), self.margin_s * 1000)
+        # A token LwA gives for less than twice the margin keeps half its life: else it is
+        # never good, and every call refreshes twice.
+        m, life = self.margin_s, self.life_s
+        if 0 < life < 2 * m:
+            m = life // 2
+        return self.access is not None and fresh(0, self.left_ms(), m * 1000)
 
     def left_ms(self):
         """What the access token has left: by the wall clock when it and the absolute expiry
