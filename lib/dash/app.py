@@ -383,7 +383,7 @@ class App:
         rec = sl.rec
         rec["unc"] = 0
         rec["att"] = 0
-        for k in ("oc", "od", "rc", "ox"):
+        for k in ("oc", "od", "ox"):
             rec.pop(k, None)
         sl.deadline = -1
         sl.check_at = -1

@@ -48,17 +48,11 @@ def cancelled(app, sl, source):
     """The episode's order is cancelled: re-arm, so the customer is not left without."""
     rec = sl.rec
     app.log("order-cancelled", slot=sl.id, event_instance_id=rec.get("ev"), source=source)
-    adopted = rec.get("rc")
     rec["unc"] = 0  # the open order was ours and is gone: a new one is not a duplicate
-    for k in ("oc", "od", "rc", "ox"):
+    for k in ("oc", "od", "ox"):
         rec.pop(k, None)
     sl.check_at = -1
     rearm(app, sl)
-    if adopted:
-        # Its id was only adopted from a notification: the episode's own order may still be
-        # open, and DRS's ORDER_INPROGRESS is then taken as it.
-        rec["unc"] = 1
-        app.persist()
 
 
 def rearm(app, sl):

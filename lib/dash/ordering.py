@@ -49,12 +49,8 @@ def _take(app, sl, outcome, eid, code, reason, retry_after):
         rec["att"] = 0
         rec["unc"] = 0  # this episode's order is known now
         rec["test"] = 1 if test else 0
-        for k in ("oc", "od", "ox", "rc"):
+        for k in ("oc", "od", "ox"):
             rec.pop(k, None)
-        if outcome != result.OK:
-            # A recovered order's id is that answer's, which may name no order: until
-            # GetOrderInfo knows it, a relayed notification may name the real one.
-            rec["rc"] = 1
         sl.deadline = -1
         sl.check_at = app.up_s + cfg["order_check_s"]
         if outcome == result.OK:

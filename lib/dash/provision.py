@@ -179,49 +179,33 @@ def relay(app, msg):
         # Notifications arrive late and out of order: LwA says whether it is still true (when
         # the device-wide back-off allows: a stream of them must not become a stream of calls).
         app.verify_reg = app.tokens.registered
-    elif kind == "OrderCancelled" or kind == "OrderPlaced":
-        matched = _order_news(app, kind, msg.get("orderInfo"))
+    elif kind == "OrderCancelled":
+        matched = _order_cancelled(app, msg.get("orderInfo"))
     return {"ok": True, "reason": "", "matched": matched}
 
 
-def _order_news(app, kind, order):
+def _order_cancelled(app, order):
     """Nothing is taken on trust: a slot waiting for the order a notification names asks
-    GetOrderInfo about it now, within the episode's `order_checks_max`, and only DRS's
-    answer re-arms it."""
-    from dash.check import valid_slot
-
-    if not isinstance(order, dict):
-        return 0
-    eid = order.get("instanceId")
-    if not isinstance(eid, str) or not valid_slot(eid, 255):
+    GetOrderInfo about it now, within `order_checks_max`, and only DRS's answer re-arms it."""
+    eid = order.get("instanceId") if isinstance(order, dict) else None
+    if not isinstance(eid, str):
         return 0
     matched = 0
     most = app.cfg["order_checks_max"]
     for sl in app.slots:
         rec = sl.rec
-        oc = rec.get("oc", 0)
-        if sl.fsm.durable() != fsm.ORDERED:
-            continue
-        if eid == rec.get("ev"):
-            if kind == "OrderPlaced" or rec.get("od"):
-                continue  # known; or delivered, and a delivered order is not cancelled
-            if oc >= most:
-                # Checks used up (an order open for weeks): one more, once per order, at the
-                # usual interval after the last, so that a stream of these is no stream of calls.
-                if not rec.get("ox"):
-                    rec["oc"] = max(0, most - 1)
-                    rec["ox"] = 1
-                    matched += 1
-                continue
-        elif rec.get("rc") and order.get("slotId") == sl.id and oc < most:
-            # A recovered order (an ORDER_INPROGRESS taken as ours) under an id DRS has not
-            # confirmed: this may be the episode's real order.
-            app.log("order-adopted", slot=sl.id, event_instance_id=eid, source=kind)
-            rec["ev"] = eid
-            rec.pop("od", None)
+        if sl.fsm.durable() != fsm.ORDERED or eid != rec.get("ev") or rec.get("od"):
+            continue  # not its order; or delivered, and a delivered order is not cancelled
+        if rec.get("oc", 0) < most:
+            sl.check_at = app.up_s
+        elif not rec.get("ox"):
+            # Checks used up (an order open for weeks): one more, once per order, an interval
+            # from now (DRS may show the cancellation a little after the notification).
+            rec["oc"] = most - 1
+            rec["ox"] = 1
+            sl.check_at = app.up_s + app.cfg["order_check_s"]
         else:
             continue
-        sl.check_at = app.up_s
         matched += 1
     if matched:
         app.persist()

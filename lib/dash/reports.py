@@ -82,7 +82,6 @@ def order_info(app, sl):
     if status != 200:
         # DRS does not know the id (an ORDER_INPROGRESS answer's, say): stop asking.
         rec["od"] = 1
-        rec["oc"] = rec.get("oc", 0) + 1  # and a notification's id to adopt is a check too
         app.log("order-info", slot=sl.id, event_instance_id=eid, status="unknown")
         app.persist()
         return None
@@ -95,9 +94,7 @@ def order_info(app, sl):
         from dash.episode import cancelled
 
         cancelled(app, sl, "GetOrderInfo")
-        return None
-    rec.pop("rc", None)  # DRS knows the id: open or delivered, it is an order of this slot
-    if o == O_DONE:
+    elif o == O_DONE:
         rec["od"] = 1
         app.log("order-delivered", slot=sl.id, event_instance_id=eid)
         app.persist()
