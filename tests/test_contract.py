@@ -302,8 +302,8 @@ def test_a_cancellation_relayed_after_the_checks_ran_out_is_still_checked(make_d
     dev.run(HOUR)  # both checks used: "open"
     assert len(only(emulator, "/getOrderInfo/")) == 2
     assert emulator.cancel_order("slot-a") == eid
-    for _ in range(5):  # a stream of them is one more check, not five
-        assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    # A stream of them is one more check, not five.
+    assert [dev.command("relay", cancelled_msg(eid))["matched"] for _ in range(5)] == [1] + [0] * 4
     st = dev.run(DAY)
     assert len(only(emulator, "/getOrderInfo/" + eid)) == 3
     assert st["state"] == "ordered" and len(emulator.orders) == 2
@@ -315,6 +315,34 @@ def test_a_cancellation_relayed_after_the_checks_ran_out_is_still_checked(make_d
         dev.command("relay", cancelled_msg(eid))
         dev.run(HOUR)
     assert len(only(emulator, "/getOrderInfo/" + eid)) == 3
+
+
+def test_a_cancellation_is_checked_after_drs_once_did_not_know_the_order(make_device, emulator):
+    # One GetOrderInfo answered 404 ends the periodic checks; the customer then cancels, and
+    # the relayed cancellation gets its one check.
+    dev = make_device(config={"order_check_s": 600}).start()
+    eid = drain(dev)["event_instance_id"]
+    emulator.inject("/getOrderInfo/", "status", status=404)
+    dev.run(HOUR)
+    assert dev.tagged("order-info")[0]["status"] == "unknown"
+    assert len(only(emulator, "/getOrderInfo/")) == 1
+    assert emulator.cancel_order("slot-a") == eid
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    st = dev.run(DAY)
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+    assert len(only(emulator, "/getOrderInfo/" + eid)) == 2
+
+
+def test_without_periodic_checks_a_relayed_cancellation_is_checked_once(make_device, emulator):
+    dev = make_device(config={"order_check_s": 600, "order_checks_max": 0}).start()
+    eid = drain(dev)["event_instance_id"]
+    dev.run(DAY)
+    assert only(emulator, "/getOrderInfo/") == []
+    assert emulator.cancel_order("slot-a") == eid
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    st = dev.run(DAY)
+    assert st["state"] == "ordered" and len(emulator.orders) == 2
+    assert len(only(emulator, "/getOrderInfo/")) == 1
 
 
 def test_junk_relay_is_refused_cleanly(device):

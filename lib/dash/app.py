@@ -474,7 +474,7 @@ class App:
                 st == fsm.ORDERED
                 and rec.get("ev")
                 and not rec.get("od")
-                and rec.get("oc", 0) < self.cfg["order_checks_max"]
+                and (rec.get("oc", 0) < self.cfg["order_checks_max"] or rec.get("ox") == 1)
                 and 0 <= sl.check_at <= up
             ):
                 return _D_ORDER

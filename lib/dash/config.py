@@ -35,7 +35,7 @@ _SCHEMA = (
     "http_timeout_s", "i", 1, 120, 15,
     "subscription_check_s", "i", 600, 86400, 86400,
     "order_check_s", "i", 600, 7 * 86400, 12 * 3600,
-    "order_checks_max", "i", 1, 1000, 30,
+    "order_checks_max", "i", 0, 1000, 30,
     "slot_status_min_s", "i", 60, 7 * 86400, 3600,
     "test_device", "b", 0, 1, False,
 )

@@ -191,7 +191,7 @@ def _order_cancelled(app, order):
     if not isinstance(eid, str):
         return 0
     matched = 0
-    most = app.cfg["order_checks_max"]
+    most = app.cfg["order_checks_max"]  # 0: no periodic checks; a relayed one still gets one
     for sl in app.slots:
         rec = sl.rec
         if sl.fsm.durable() != fsm.ORDERED or eid != rec.get("ev") or rec.get("od"):
@@ -199,9 +199,9 @@ def _order_cancelled(app, order):
         if rec.get("oc", 0) < most:
             sl.check_at = app.up_s
         elif not rec.get("ox"):
-            # Checks used up (an order open for weeks): one more, once per order, an interval
-            # from now (DRS may show the cancellation a little after the notification).
-            rec["oc"] = most - 1
+            # Checks used up (an order open for weeks, an id DRS did not know once): one more,
+            # once per order, an interval from now (DRS may show the cancellation a little
+            # after the notification).
             rec["ox"] = 1
             sl.check_at = app.up_s + app.cfg["order_check_s"]
         else:

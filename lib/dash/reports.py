@@ -69,19 +69,24 @@ def order_info_path(eid):
 def order_info(app, sl):
     rec = sl.rec
     eid = rec["ev"]
+    most = app.cfg["order_checks_max"]
     path = order_info_path(eid)
+    if path is not None:
+        ans, failed = answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
+        if failed:
+            return failed
+    if rec.get("ox") == 1:
+        rec["ox"] = 2  # the one check past order_checks_max a relayed cancellation gets: made
     if path is None:
-        rec["od"] = 1
+        rec["oc"] = most
         app.persist()
         return None
-    ans, failed = answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
-    if failed:
-        return failed
     status, body, _ = ans
     sl.check_at = app.up_s + app.cfg["order_check_s"]
     if status != 200:
-        # DRS does not know the id (an ORDER_INPROGRESS answer's, say): stop asking.
-        rec["od"] = 1
+        # DRS does not know the id (an ORDER_INPROGRESS answer's, say): no more periodic
+        # checks; `od` stays for "delivered", so a relayed cancellation is still checked.
+        rec["oc"] = most
         app.log("order-info", slot=sl.id, event_instance_id=eid, status="unknown")
         app.persist()
         return None
