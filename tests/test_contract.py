@@ -345,6 +345,52 @@ def test_without_periodic_checks_a_relayed_cancellation_is_checked_once(make_dev
     assert len(only(emulator, "/getOrderInfo/")) == 1
 
 
+def test_a_cancellation_relayed_before_drs_shows_it_is_checked_again(make_device, emulator):
+    # The relay's check comes at once, DRS still says open, and it was the last one: one more
+    # follows an interval later.
+    dev = make_device(config={"order_check_s": 600, "order_checks_max": 1}).start()
+    eid = drain(dev)["event_instance_id"]
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    dev.run(5 * MIN)
+    assert len(only(emulator, "/getOrderInfo/")) == 1
+    assert emulator.cancel_order("slot-a") == eid  # DRS shows it now
+    assert dev.run(DAY)["state"] == "ordered" and len(emulator.orders) == 2
+    assert len(only(emulator, "/getOrderInfo/" + eid)) == 2
+
+
+def test_a_junk_answer_does_not_use_up_the_relayed_check(make_device, emulator):
+    dev = make_device(config={"order_check_s": 600, "order_checks_max": 0}).start()
+    eid = drain(dev)["event_instance_id"]
+    assert emulator.cancel_order("slot-a") == eid
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 1
+    emulator.inject("/getOrderInfo/", "invalid_json")
+    assert dev.run(DAY)["state"] == "ordered" and len(emulator.orders) == 2
+    emulator.inject("/getOrderInfo/", "invalid_json", times=100)  # never understood:
+    eid = dev.status()["event_instance_id"]
+    emulator.cancel_order("slot-a")
+    dev.command("relay", cancelled_msg(eid))
+    dev.run(3 * DAY)
+    assert len(only(emulator, "/getOrderInfo/" + eid)) <= 4  # a few tries, not for ever
+
+
+def test_an_order_cancelled_while_its_slot_was_suspended_is_checked_on_resuming(
+    make_device, emulator
+):
+    dev = make_device(config={"order_check_s": 600, "order_checks_max": 1}).start()
+    eid = drain(dev)["event_instance_id"]
+    dev.run(HOUR)  # the one check: open
+    emulator.revoke_all()
+    msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
+    dev.command("relay", json.dumps(msg))
+    assert dev.run(2 * MIN)["state"] == "suspended"
+    assert emulator.cancel_order("slot-a") == eid
+    assert dev.command("relay", cancelled_msg(eid))["matched"] == 0  # suspended: not now
+    secrets = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    dev.write_json("secrets.json", {**secrets, "refresh_token": emulator.add_refresh_token()})
+    dev.restart()
+    assert dev.run(DAY)["state"] == "ordered" and len(emulator.orders) == 2
+
+
 def test_junk_relay_is_refused_cleanly(device):
     assert device.command("relay", "{not json")["ok"] is False
     assert device.command("relay", "[1, 2]")["ok"] is False

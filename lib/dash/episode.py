@@ -24,6 +24,8 @@ def unsuspend(rec):
         rec.pop(k, None)
     sp = rec.pop("sp", fsm.MONITOR)
     if sp == fsm.ORDERED:  # with an id or without (an ORDER_INPROGRESS taken as ours)
+        if not rec.get("ox"):
+            rec["ox"] = 1  # one check of what became of it while suspended, checks used up or not
         return fsm.ORDERED
     if sp in _OPEN:
         # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.

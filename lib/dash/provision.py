@@ -198,6 +198,8 @@ def _order_cancelled(app, order):
             continue  # not its order; or delivered, and a delivered order is not cancelled
         if rec.get("oc", 0) < most:
             sl.check_at = app.up_s
+            if not rec.get("ox"):
+                rec["ox"] = 1  # if this check is the last periodic one, one more after it
         elif not rec.get("ox"):
             # Checks used up (an order open for weeks, an id DRS did not know once): one more,
             # once per order, an interval from now (DRS may show the cancellation a little

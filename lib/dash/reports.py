@@ -75,7 +75,8 @@ def order_info(app, sl):
         ans, failed = answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
         if failed:
             return failed
-    if rec.get("ox") == 1:
+    extra = rec.get("ox") == 1 and rec.get("oc", 0) >= most
+    if extra:
         rec["ox"] = 2  # the one check past order_checks_max a relayed cancellation gets: made
     if path is None:
         rec["oc"] = most
@@ -93,6 +94,8 @@ def order_info(app, sl):
     o = parse_order_status(body, eid, sl.id)
     if o is None:
         rec["oc"] = rec.get("oc", 0) + 1  # counted too: no id is asked about for ever
+        if extra and rec["oc"] < most + 3:
+            rec["ox"] = 1  # a junk answer is no answer: the extra check is tried again
         app.persist()
         return result.TRANSIENT, "GetOrderInfo answer not understood", None
     if o == O_CANCELLED:
