@@ -461,6 +461,36 @@ def test_a_registration_is_not_lost_to_a_flash_that_refuses_a_write(make_device,
     assert st["registered"] is True and drain(dev)["state"] == "ordered"
 
 
+def test_a_new_registration_after_a_credentials_refusal_orders(make_device, emulator):
+    dev = make_device(config={"redirect_uri": REDIRECT}).start()
+    dev.run(10 * MIN)
+    emulator.expire_access_tokens()
+    emulator.inject("/auth/", "status", status=401, body={"error": "invalid_client"})
+    st = drain(dev, 10)
+    assert st["state"] == "suspended" and not emulator.orders
+    assert dev.command("deregister")["ok"]
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    assert dev.command("register", code)["ok"] is True  # LwA accepts the client again
+    assert dev.run(HOUR)["state"] == "ordered" and len(emulator.orders) == 1
+
+
+def test_a_new_registration_does_not_take_somebody_elses_order_as_ours(make_device, emulator):
+    dev = make_device(config={"redirect_uri": REDIRECT}).start()
+    dev.run(10 * MIN)
+    emulator.place_order("slot-a")  # the customer's own order
+    assert drain(dev, 10)["state"] == "inprogress"
+    emulator.revoke_all()
+    msg = {"notificationInfo": {"notificationType": "DeviceDeregisteredNotification"}}
+    dev.command("relay", json.dumps(msg))
+    assert dev.run(2 * MIN)["registered"] is False
+    code = emulator.issue_auth_code(redirect_uri=REDIRECT)
+    assert dev.command("register", code)["ok"] is True
+    assert dev.run(30 * MIN)["state"] == "inprogress" and not dev.tagged("order-recovered")
+    emulator.cancel_order("slot-a")  # the customer cancels it: the slot, still low, orders
+    dev.run(2 * DAY)
+    assert len(emulator.orders) == 2 and dev.status()["state"] == "ordered"
+
+
 def test_deregistered_notification_is_honoured(device, emulator):
     device.run(10 * MIN)
     emulator.revoke_all()  # what a deregistration does at Amazon
@@ -576,6 +606,22 @@ def test_lwa_retry_after_holds_for_every_slot(certs, tmp_path):
         assert failed["cyan"] == 3600 and 3000 < failed["magenta"] < 3600
         dev.run(2 * HOUR)
         assert len(emu.orders) == 2
+
+
+def test_a_subscription_retry_after_met_by_an_order_holds_device_wide(certs, tmp_path):
+    changed = {"notificationInfo": {"notificationType": "SubscriptionChangedNotification"}}
+    with cyan_and_magenta(certs, tmp_path, retry_base_s=30) as (emu, dev):
+        dev.set_level(LOW, "c.txt")
+        dev.set_level(LOW, "m.txt")
+        dev.run(4 * MIN)  # one sample short of both slots ordering
+        assert not replenishes(emu)
+        n = len(emu.requests_to("/subscriptionInfo"))
+        assert dev.command("relay", json.dumps(changed))["ok"]
+        emu.inject(
+            "/subscriptionInfo", "status", times=100, status=429, headers={"Retry-After": "3600"}
+        )
+        dev.run(50 * MIN)
+        assert len(emu.requests_to("/subscriptionInfo")) - n == 1
 
 
 def test_one_slots_failing_call_does_not_starve_another(certs, tmp_path):

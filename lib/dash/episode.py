@@ -4,7 +4,6 @@ loaded with them and dropped after; sampling never needs it.
 """
 
 from dash import fsm
-from dash.app import _OPEN
 
 
 def suspend(app, sl, kind, reason):
@@ -27,8 +26,10 @@ def unsuspend(rec):
         if not rec.get("ox"):
             rec["ox"] = 1  # one check of what became of it while suspended, checks used up or not
         return fsm.ORDERED
-    if sp in _OPEN:
-        # An order of this episode may still be open: DRS's ORDER_INPROGRESS is ours.
+    if sp == fsm.ORDERING:
+        # The attempt may have left: DRS's ORDER_INPROGRESS is then ours. (RETRY's `unc` says
+        # already whether its request may have been acted on; INPROGRESS is somebody else's
+        # order, and taken as ours it would hold the slot in ORDERED when it is cancelled.)
         rec["unc"] = 1
     return fsm.MONITOR
 

@@ -128,6 +128,7 @@ def _replenish(app, sl):
         failed = _lib("duties").fetch_subscriptions(app)
         _drop("duties")
         if failed:
+            app._duty_done(0, None, failed)  # its back-off holds device-wide, as a periodic one's
             return result.TRANSIENT, None, None, failed[1], failed[2]
         subs = app.state["sub"]
         if sl.fsm.state != fsm.ORDERING:

@@ -116,8 +116,10 @@ def register(app, code):
     app.store.remove(PKCE)  # a verifier is good for one exchange
     app.log("registered", pkce=bool(v))
     app.sub_dirty = True
+    app.creds_bad = False
     for sl in app.slots:
-        if sl.fsm.state == fsm.SUSPENDED and sl.rec.get("sk") == fsm.K_REG:
+        # LwA has just accepted the client too: a refusal of its credentials is over.
+        if sl.fsm.state == fsm.SUSPENDED and sl.rec.get("sk") in (fsm.K_REG, fsm.K_CREDS):
             resume(app, sl, "registered")
     app.persist()
     return {"ok": True, "reason": ""}
@@ -176,8 +178,8 @@ def relay(app, msg):
     if kind == "SubscriptionChanged":
         app.sub_dirty = True
     elif kind == "DeviceDeregistered":
-        # Notifications arrive late and out of order: LwA says whether it is still true (when
-        # the device-wide back-off allows: a stream of them must not become a stream of calls).
+        # Notifications arrive late and out of order: LwA says whether it is still true, when
+        # the device-wide back-off allows (each one checked is one token refresh).
         app.verify_reg = app.tokens.registered
     elif kind == "OrderCancelled":
         matched = _order_cancelled(app, msg.get("orderInfo"))

@@ -10,9 +10,13 @@ def test_a_slot_suspended_after_its_order_resumes_waiting_for_the_refill():
         assert episode.unsuspend(rec) == fsm.ORDERED and not rec.get("unc")
 
 
-def test_a_slot_suspended_while_an_order_may_be_open_starts_over_taking_it_as_its_own():
-    for sp in (fsm.ORDERING, fsm.INPROGRESS, fsm.RETRY):
-        rec = {"sp": sp, "sk": fsm.K_REG}
-        assert episode.unsuspend(rec) == fsm.MONITOR and rec["unc"] == 1 and "sk" not in rec
+def test_a_slot_suspended_while_ordering_starts_over_taking_an_open_order_as_its_own():
+    rec = {"sp": fsm.ORDERING, "sk": fsm.K_REG}
+    assert episode.unsuspend(rec) == fsm.MONITOR and rec["unc"] == 1 and "sk" not in rec
+    # A back-off keeps what it knew: a RETRY whose request may have been acted on, or not;
+    # INPROGRESS is somebody else's order, never taken as ours.
+    for sp, unc in ((fsm.RETRY, 1), (fsm.RETRY, 0), (fsm.INPROGRESS, 0)):
+        rec = {"sp": sp, "sk": fsm.K_REG, "unc": unc}
+        assert episode.unsuspend(rec) == fsm.MONITOR and rec["unc"] == unc
     rec = {"sp": fsm.MONITOR}
     assert episode.unsuspend(rec) == fsm.MONITOR and not rec.get("unc")
