@@ -452,17 +452,18 @@ class App:
                 return _D_VERIFY
             if self.subscriptions_stale():
                 return _D_SUBS
-            if 0 <= self.ds_up <= up:
-                return _D_DEVICE
             if self.ds_up < 0 and up >= self.wall_retry:
-                # No clock at boot: look for one every ten minutes (NTP may have come).
+                # When DeviceStatus is due, once the clock is known (without one, look for one
+                # every ten minutes: NTP may have come). A last-sent time ahead of the clock
+                # (it was ahead, then set back) is unknown: due now.
                 now = self.clock.wall()
                 if not now:
                     self.wall_retry = up + 600
                 else:
-                    # As at boot: a last-sent time ahead of the clock is unknown, so due now.
                     d = now - self.warm["ds"]
                     self.ds_up = up + (_DAY - d if 0 <= d < _DAY else 0)
+            if 0 <= self.ds_up <= up:
+                return _D_DEVICE
         # Per slot (inline, not a method each: a function is some 100 bytes of heap).
         for sl in self.slots:
             if up < sl.duty_at:

@@ -49,12 +49,8 @@ def resume(app, sl, why):
 
 def cancelled(app, sl, source):
     """The episode's order is cancelled: re-arm, so the customer is not left without."""
-    rec = sl.rec
-    app.log("order-cancelled", slot=sl.id, event_instance_id=rec.get("ev"), source=source)
-    rec["unc"] = 0  # the open order was ours and is gone: a new one is not a duplicate
-    for k in ("oc", "od", "ox"):
-        rec.pop(k, None)
-    sl.check_at = -1
+    app.log("order-cancelled", slot=sl.id, event_instance_id=sl.rec.get("ev"), source=source)
+    app._close(sl)  # the open order was ours and is gone: a new one is not a duplicate
     rearm(app, sl)
 
 

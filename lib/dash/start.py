@@ -2,12 +2,9 @@
 so none of it is resident.
 """
 
-from micropython import const
-
 from dash import fsm
 from dash.app import _BACKOFF_STATES, STATE, Slot
 
-_DAY = const(86400)
 _BOOT_ONLY = (
     "region",
     "drs_url",
@@ -77,9 +74,7 @@ def boot(app, cfg, sec, errors, urls):
     app.refingerprint()
     restore(app)
     now = app.clock.wall()
-    if now:
-        d = now - app.warm["ds"]  # since DeviceStatus; negative: the clock was ahead, unknown
-        app.ds_up = _DAY - d if 0 <= d < _DAY else 0
+    if now:  # (when DeviceStatus is due, `App._duty` works out)
         for sl in app.slots:
             rw = sl.rec.get("rw", 0)
             sl.report_up = rw - now if 0 < rw <= now else 0  # ahead of the clock: unknown
