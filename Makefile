@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 MICROPYTHON := $(BIN)/micropython
 STAMP := $(VENV)/.installed
 CERTS := build/certs
+# micropython-lib modules the unix port needs on MICROPYPATH (frozen into stock ESP32 firmware).
+MPLIB := build/mplib
+MPLIB_STAMP := $(MPLIB)/.installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all venv certs sim test unit lint bench board deploy deploy-romfs provision status clean
+.PHONY: all venv certs mplib broker sim test unit lint bench board deploy deploy-romfs provision status clean
 
 all: test
 
@@ -21,13 +25,28 @@ venv: $(STAMP)
 certs: $(STAMP)
 	$(BIN)/python tools/certs.py $(CERTS) >/dev/null
 
+# umqtt.simple for the unix port, pinned (tools/mplib.py says where it comes from).
+$(MPLIB_STAMP): tools/mplib.py $(STAMP)
+	$(BIN)/python tools/mplib.py $(MPLIB) >/dev/null
+	touch $@
+
+mplib: $(MPLIB_STAMP)
+
+# Debian's mosquitto: the real broker the tests, the simulator and the bench start.
+broker:
+	@PATH="$$PATH:/usr/sbin" command -v mosquitto >/dev/null || { \
+	  echo "mosquitto is missing: installing Debian's package"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null; }; }
+
 # The firmware on the real unix port against the local DRS/LwA emulator, in virtual time.
-sim: certs
+sim: certs mplib broker
 	$(BIN)/python tools/sim.py
 
 # Device logic unit tests alone, inside MicroPython.
-unit: $(STAMP)
-	MICROPYPATH=lib $(MICROPYTHON) tests/unit/run.py
+unit: $(STAMP) $(MPLIB_STAMP)
+	MICROPYPATH=lib:$(MPLIB) $(MICROPYTHON) tests/unit/run.py
 
 # The published ESP32 stubs, so mypy checks calls into machine, network, tls, socket...
 STUBS := build/stubs/.installed
@@ -42,7 +61,7 @@ lint: $(STAMP) $(STUBS)
 	$(BIN)/mypy
 
 # RAM, flash wear, handshakes, latency and code size beside a naive baseline (a few minutes).
-bench: certs
+bench: certs mplib broker
 	$(BIN)/python tools/bench.py
 
 # The bench workflow on a board (PORT=/dev/ttyUSB0, or an mpremote shortcut such as u0).
@@ -63,7 +82,7 @@ board: $(STAMP)
 	mkdir -p build/board/flash
 	$(BIN)/python tools/boardemu.py --flash build/board/flash --link build/board/tty
 
-test: certs lint
+test: certs mplib broker lint
 	$(BIN)/pytest -q
 
 clean:

@@ -11,6 +11,8 @@ Keys of the dict returned by ensure_certs (values are absolute paths):
   wrongname, wrongname_key   leaf for DNS:wrong.example only, signed by ca
   rogue_ca, rogue_ca_key     a second CA nobody trusts
   rogue, rogue_key           leaf for DNS:localhost, signed by rogue_ca
+  client, client_key         a device's client certificate (CN dash-dev-1, clientAuth), signed
+                             by ca: mutual TLS with the test MQTT broker, as AWS IoT Core asks
 
 CLI: python3 tools/certs.py OUTDIR
 """
@@ -37,14 +39,22 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 subjectAltName = {san}
 """
+CLIENT_EXT = """basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+CLIENT = "client"  # in place of a SAN: a client leaf
 
-# name -> (common name, issuer name or None for self-signed, SAN or None for a CA)
+# name -> (common name, issuer name or None for self-signed, SAN, CLIENT or None for a CA)
 SPECS = {
     "ca": ("DRS Emulator Test CA", None, None),
     "server": ("localhost", "ca", "DNS:localhost, IP:127.0.0.1"),
     "wrongname": ("wrong.example", "ca", "DNS:wrong.example"),
     "rogue-ca": ("Rogue Untrusted CA", None, None),
     "rogue": ("localhost", "rogue-ca", "DNS:localhost"),
+    "client": ("dash-dev-1", "ca", CLIENT),
 }
 
 
@@ -73,7 +83,10 @@ def _make(tmp, name):
     cn, issuer, san = SPECS[name]
     key, pem, csr, ext = (os.path.join(tmp, name + s) for s in (".key", ".pem", ".csr", ".ext"))
     with open(ext, "w") as f:
-        f.write(CA_EXT if san is None else LEAF_EXT.format(san=san))
+        if san is None:
+            f.write(CA_EXT)
+        else:
+            f.write(CLIENT_EXT if san == CLIENT else LEAF_EXT.format(san=san))
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
     # An explicit empty config keeps the host's openssl.cnf from adding extensions.
     _openssl("req", "-new", "-config", os.devnull, "-key", key, "-subj", "/CN=" + cn, "-out", csr)
