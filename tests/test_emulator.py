@@ -5,6 +5,7 @@ import base64
 import copy
 import hashlib
 import http.client
+import http.server
 import importlib
 import json
 import os
@@ -13,10 +14,15 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
 import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 sys.path.insert(0, TOOLS)
@@ -1019,3 +1025,391 @@ def test_confidential_code_for_public_client(cert_dir, ctx):
         status, answer = exchange(emu, ctx, code, redirect_uri="https://app.example/cb")
         assert_tokens(status, answer)
         assert_tokens(*refresh(emu, ctx, answer["refresh_token"], client_secret=None))
+
+
+# -- SNS: DRS notifications to the maker's cloud --
+
+
+class SnsSink:
+    """An https endpoint for the emulator's SNS deliveries: records each POST, answers the
+    statuses in `statuses` first (then 200), and holds its answers while `release` is clear."""
+
+    def __init__(self, cert_dir):
+        self.posts = []
+        self.statuses = []
+        self.release = threading.Event()
+        self.release.set()
+        self.arrived = threading.Event()
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                sink.posts.append({"headers": headers, "body": body, "env": json.loads(body)})
+                sink.arrived.set()
+                sink.release.wait(10)
+                status = sink.statuses.pop(0) if sink.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(
+            os.path.join(cert_dir, "server.pem"), os.path.join(cert_dir, "server.key")
+        )
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = "https://localhost:%d/sns" % self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def envelopes(self, kind="Notification"):
+        return [p["env"] for p in self.posts if p["env"]["Type"] == kind]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink(cert_dir):
+    s = SnsSink(cert_dir)
+    yield s
+    s.close()
+
+
+SIGNED = {
+    "Notification": ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"],
+    "SubscriptionConfirmation": [
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
+    ],
+}
+
+
+def assert_signed(env, ctx):
+    """The envelope's signature holds, checked as AWS documents it, with the certificate
+    from its SigningCertURL."""
+    url = urllib.parse.urlsplit(env["SigningCertURL"])
+    assert url.scheme == "https" and url.hostname == "localhost"
+    assert re.fullmatch(r"/sns/SimpleNotificationService-[0-9a-f]+\.pem", url.path)
+    conn = http.client.HTTPSConnection("localhost", url.port, context=ctx, timeout=5)
+    conn.request("GET", url.path)  # no DRS headers: SNS's own endpoints need none
+    resp = conn.getresponse()
+    assert resp.status == 200
+    cert = x509.load_pem_x509_certificate(resp.read())
+    conn.close()
+    text = "".join(f"{k}\n{env[k]}\n" for k in SIGNED[env["Type"]] if env.get(k) is not None)
+    digest = {"1": hashes.SHA1, "2": hashes.SHA256}[env["SignatureVersion"]]()
+    signature = base64.b64decode(env["Signature"])
+    cert.public_key().verify(signature, text.encode(), padding.PKCS1v15(), digest)
+    tampered = text.replace("Type\n", "Type\nX", 1).encode()
+    with pytest.raises(InvalidSignature):
+        cert.public_key().verify(signature, tampered, padding.PKCS1v15(), digest)
+
+
+def subscribe(emu, sink, ctx, cert_dir):
+    """Subscribe the sink and confirm as an endpoint does: GET the SubscribeURL."""
+    arn = emu.sns_subscribe(sink.url, os.path.join(cert_dir, "ca.pem"))
+    assert emu.sns_flush()
+    env = sink.envelopes("SubscriptionConfirmation")[-1]
+    assert_signed(env, ctx)
+    url = urllib.parse.urlsplit(env["SubscribeURL"])
+    assert (url.hostname, url.port, url.path) == ("localhost", emu.port, "/sns/confirm")
+    resp, data = call(emu, ctx, "GET", url.path + "?" + url.query)
+    assert resp.status == 200 and f"<SubscriptionArn>{arn}</SubscriptionArn>" in data.decode()
+    assert emu.sns_confirmed() == [arn]
+    return arn
+
+
+uuid_re = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def notification(env):
+    doc = json.loads(env["Message"])
+    assert doc["notificationInfo"]["version"] == "2015-06-05"
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["notificationInfo"]["notificationTime"]
+    )
+    return doc
+
+
+def test_sns_subscription_confirmation(emu, sink, ctx, cert_dir):
+    emu.notify("OrderPlaced")  # nobody is subscribed: made, not sent
+    arn = emu.sns_subscribe(sink.url, os.path.join(cert_dir, "ca.pem"))
+    assert arn.startswith(emu.topic_arn + ":")
+    emu.notify("OrderCancelled")  # subscribed but not confirmed: not sent either
+    assert emu.sns_flush()
+    assert len(sink.posts) == 1 and emu.sns_confirmed() == []
+    post = sink.posts[0]
+    env = post["env"]
+    assert post["headers"]["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+    assert post["headers"]["x-amz-sns-topic-arn"] == emu.topic_arn
+    assert post["headers"]["x-amz-sns-message-id"] == env["MessageId"]
+    assert post["headers"]["content-type"] == "text/plain; charset=UTF-8"
+    assert set(env) == {
+        "Type",
+        "MessageId",
+        "Token",
+        "TopicArn",
+        "Message",
+        "SubscribeURL",
+        "Timestamp",
+        "SignatureVersion",
+        "Signature",
+        "SigningCertURL",
+    }
+    assert env["SignatureVersion"] == "2" and env["TopicArn"] == emu.topic_arn
+    assert_signed(env, ctx)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(env["SubscribeURL"]).query)
+    assert query == {
+        "Action": ["ConfirmSubscription"],
+        "TopicArn": [emu.topic_arn],
+        "Token": [env["Token"]],
+    }
+    # A wrong token or topic confirms nothing.
+    for bad in ({"Token": "nope"}, {"TopicArn": emu.topic_arn + "x"}, {"Action": "Subscribe"}):
+        q = urllib.parse.urlencode({**{k: v[0] for k, v in query.items()}, **bad})
+        resp, data = call(emu, ctx, "GET", "/sns/confirm?" + q)
+        assert resp.status in (400, 404) and b"<ErrorResponse" in data
+    assert emu.sns_confirmed() == []
+    url = urllib.parse.urlsplit(env["SubscribeURL"])
+    assert call(emu, ctx, "GET", url.path + "?" + url.query)[0].status == 200
+    assert emu.sns_confirmed() == [arn]
+    emu.notify("OrderCancelled")
+    assert emu.sns_flush()
+    assert [notification(e)["notificationInfo"]["notificationType"] for e in sink.envelopes()] == [
+        "OrderCancelledNotification"
+    ]
+    assert [d["delivered"] for d in emu.sns_deliveries] == [True, True]
+    assert [n["notificationInfo"]["notificationType"] for n in emu.notifications] == [
+        "OrderPlacedNotification",
+        "OrderCancelledNotification",
+        "OrderCancelledNotification",
+    ]
+
+
+def test_sns_routes(emu, ctx):
+    path = urllib.parse.urlsplit(emu.sns_signing_cert_url).path
+    resp, data = call(emu, ctx, "GET", path)
+    assert resp.status == 200 and data == emu.sns_signing_cert_pem
+    assert data.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert call(emu, ctx, "POST", path)[0].status == 405
+    assert call(emu, ctx, "GET", "/sns/SimpleNotificationService-0.pem")[0].status == 404
+    assert call(emu, ctx, "GET", "/sns/confirm")[0].status == 400
+    assert call(emu, ctx, "GET", "/sns/unsubscribe?Action=Unsubscribe")[0].status == 404
+    with pytest.raises(ValueError):
+        emu.sns_subscribe("ftp://localhost/sns")
+
+
+def test_sns_notifications_for_drs_actions(emu, sink, ctx, cert_dir):
+    subscribe(emu, sink, ctx, cert_dir)
+    token = access_token(emu, ctx)
+    event = replenish(emu, ctx, token)[1]["eventInstanceId"]
+    assert replenish(emu, ctx, token)[1]["detailCode"] == "ORDER_INPROGRESS"  # no order, none
+    emu.ship("slot-a")
+    emu.cancel_order("slot-a")
+    emu.mark_delivered("slot-b")  # no order: nothing happens, nothing is sent
+    emu.set_subscribed("slot-b", False)
+    code = emu.issue_auth_code()
+    form = {"client_id": emu.client_id, "client_secret": emu.client_secret}
+    status, _ = lwa(
+        emu, ctx, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, **form
+    )
+    assert status == 200
+    assert drs(emu, ctx, "deregister", token)[0].status == 200
+    assert emu.sns_flush()
+    docs = [notification(e) for e in sink.envelopes()]
+    assert [d["notificationInfo"]["notificationType"] for d in docs] == [
+        "OrderPlacedNotification",
+        "ItemShippedNotification",
+        "OrderCancelledNotification",
+        "SubscriptionChangedNotification",
+        "DeviceRegisteredNotification",
+        "DeviceDeregisteredNotification",
+    ]
+    device = {
+        "deviceIdentifier": {"serialNumber": "dash-dev-1"},
+        "productIdentifier": {"modelId": "dash-emulated"},
+    }
+    assert all(d["deviceInfo"] == device for d in docs)
+    order = {
+        "instanceId": event,
+        "slotId": "slot-a",
+        "productInfo": [{"asin": emu.asins["slot-a"], "quantity": 1, "unit": "count"}],
+    }
+    assert [d["orderInfo"] for d in docs[:3]] == [order] * 3
+    assert docs[3]["subscriptionInfo"] == {
+        "slotsSubscriptionStatus": {"slot-a": True, "slot-b": False}
+    }
+    assert "orderInfo" not in docs[4] and "orderInfo" not in docs[5]
+    ids = [d["notificationInfo"]["notificationId"] for d in docs]
+    assert len(set(ids)) == len(ids) and all(uuid_re.fullmatch(i) for i in ids)
+    for post in sink.posts[1:]:
+        env, headers = post["env"], post["headers"]
+        assert headers["x-amz-sns-message-type"] == "Notification"
+        assert headers["x-amz-sns-subscription-arn"] == emu.sns_confirmed()[0]
+        assert headers["user-agent"] == "Amazon Simple Notification Service Agent"
+        assert env["UnsubscribeURL"].startswith(f"https://localhost:{emu.port}/sns/unsubscribe?")
+        assert "Subject" not in env
+        assert_signed(env, ctx)
+    assert [d["status"] for d in emu.sns_deliveries] == [200] * 7
+
+
+def test_sns_test_orders_cancelled(cert_dir, ctx, sink):
+    with drs_emulator.Emulator(cert_dir, slots=("a", "b"), is_test_device=True) as emu:
+        subscribe(emu, sink, ctx, cert_dir)
+        token = access_token(emu, ctx)
+        events = [replenish(emu, ctx, token, slot=s)[1]["eventInstanceId"] for s in "ab"]
+        assert drs(emu, ctx, "cancel_test_all", token, path="/testOrders")[0].status == 200
+        assert emu.sns_flush()
+        docs = [notification(e) for e in sink.envelopes()]
+        kinds = [(d["notificationInfo"]["notificationType"], d["orderInfo"]) for d in docs]
+        assert [(k, o["instanceId"], o["slotId"]) for k, o in kinds] == [
+            ("OrderPlacedNotification", events[0], "a"),
+            ("OrderPlacedNotification", events[1], "b"),
+            ("OrderCancelledNotification", events[0], "a"),
+            ("OrderCancelledNotification", events[1], "b"),
+        ]
+
+
+def test_sns_does_not_delay_drs_answers(emu, sink, ctx, cert_dir):
+    subscribe(emu, sink, ctx, cert_dir)
+    sink.release.clear()  # the endpoint holds its answers
+    sink.arrived.clear()
+    token = access_token(emu, ctx)
+    resp, answer = replenish(emu, ctx, token, timeout=3)
+    assert answer["detailCode"] == "STANDARD_ORDER_PLACED"
+    assert sink.arrived.wait(5)  # the delivery is under way meanwhile ...
+    assert replenish(emu, ctx, token, slot="slot-b", timeout=3)[0].status == 200
+    assert not emu.sns_flush(timeout=0.2)  # ... and not over
+    sink.release.set()
+    assert emu.sns_flush()
+    kinds = [notification(e)["orderInfo"]["slotId"] for e in sink.envelopes()]
+    assert kinds == ["slot-a", "slot-b"]  # in order
+
+
+def test_sns_retries_then_gives_up(emu, sink, ctx, cert_dir):
+    subscribe(emu, sink, ctx, cert_dir)
+    emu.sns_retry_delays = (0.01, 0.01, 0.01)
+    sink.statuses = [500, 503]
+    emu.notify("OrderPlaced")
+    assert emu.sns_flush()
+    rec = emu.sns_deliveries[-1]
+    assert (rec["attempts"], rec["statuses"], rec["delivered"]) == (3, [500, 503, 200], True)
+    bodies = [p["body"] for p in sink.posts[-3:]]
+    assert bodies[0] == bodies[1] == bodies[2]  # a retry is the same message
+    sink.statuses = [500] * 4
+    emu.notify("OrderCancelled")
+    assert emu.sns_flush()
+    rec = emu.sns_deliveries[-1]
+    assert (rec["attempts"], rec["status"], rec["delivered"]) == (4, 500, False)
+    # An endpoint that does not answer at all is given up too, after as many attempts.
+    emu.sns_subscribe("https://localhost:1/sns", os.path.join(cert_dir, "ca.pem"))
+    emu.sns_subscriptions[-1]["confirmed"] = True
+    emu.notify("ItemShipped")
+    assert emu.sns_flush()
+    rec = emu.sns_deliveries[-1]
+    assert (rec["attempts"], rec["status"], rec["delivered"]) == (4, None, False)
+    assert "Connection" in rec["error"]
+
+
+def test_sns_retry_now_cuts_the_back_off_short(emu, sink, ctx, cert_dir):
+    subscribe(emu, sink, ctx, cert_dir)
+    emu.sns_retry_delays = (60,)
+    sink.statuses = [503]
+    emu.notify("OrderPlaced")
+    wait_for(lambda: emu.sns_deliveries[-1]["attempts"] == 1)
+    assert not emu.sns_flush(timeout=0.1)
+    emu.sns_retry_now()
+    assert emu.sns_flush(timeout=5)
+    assert emu.sns_deliveries[-1]["statuses"] == [503, 200]
+
+
+def test_sns_replay_and_notify_by_hand(emu, sink, ctx, cert_dir):
+    subscribe(emu, sink, ctx, cert_dir)
+    assert emu.sns_replay() is None  # nothing sent yet
+    doc = emu.notify(
+        "OrderCancelledNotification",
+        serial="dash-dev-2",
+        model="m2",
+        orderInfo={"instanceId": "amzn1.dash.v2.o.ro.x", "slotId": "s"},
+        extra={"unknown": 1},
+    )
+    message_id = emu.sns_replay()
+    assert emu.sns_flush()
+    first, again = sink.envelopes()
+    assert first == again and first["MessageId"] == message_id
+    assert json.loads(first["Message"]) == doc
+    assert doc["deviceInfo"]["deviceIdentifier"]["serialNumber"] == "dash-dev-2"
+    assert doc["deviceInfo"]["productIdentifier"]["modelId"] == "m2"
+    assert doc["extra"] == {"unknown": 1}
+    ids = [d["notification_id"] for d in emu.sns_deliveries[1:]]
+    assert ids == [doc["notificationInfo"]["notificationId"]] * 2
+
+
+def test_sns_signature_version_1(cert_dir, ctx, sink):
+    with drs_emulator.Emulator(cert_dir, sns_signature_version="1") as emu:
+        subscribe(emu, sink, ctx, cert_dir)
+        emu.notify("DeviceRegistered")
+        assert emu.sns_flush()
+        env = sink.envelopes()[0]
+        assert env["SignatureVersion"] == "1"
+        assert_signed(env, ctx)
+        # Envelopes made by hand for tests, with a Subject (signed when present).
+        fields = {
+            "Type": "Notification",
+            "MessageId": "m-1",
+            "TopicArn": emu.topic_arn,
+            "Subject": "hello",
+            "Message": "{}",
+            "Timestamp": "2026-01-01T00:00:00.000Z",
+        }
+        assert_signed(emu.sns_envelope(fields, signature_version="2"), ctx)
+    with pytest.raises(ValueError):
+        drs_emulator.Emulator(cert_dir, sns_signature_version="3")
+
+
+def test_sns_cli_subscribes_the_endpoint(cert_dir, sink):
+    cmd = [
+        sys.executable,
+        os.path.join(TOOLS, "drs_emulator.py"),
+        "--certs",
+        cert_dir,
+        "--serial",
+        "dev-42",
+        "--sns-endpoint",
+        sink.url,
+    ]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            info = json.loads(proc.stdout.readline())
+            assert info["serial"] == "dev-42"
+            assert info["sns"]["topic_arn"] == drs_emulator.SNS_TOPIC_ARN
+            assert info["sns"]["signing_host"] == "localhost:%d" % info["port"]
+            assert info["sns"]["subscription_arn"].startswith(drs_emulator.SNS_TOPIC_ARN + ":")
+            assert sink.arrived.wait(10)
+            assert sink.posts[0]["env"]["Type"] == "SubscriptionConfirmation"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(5) == 0
+    proc = subprocess.run(
+        [*cmd[:4], "--sns-endpoint", "ftp://x"], capture_output=True, text=True, timeout=10
+    )
+    assert proc.returncode == 2 and "--sns-endpoint" in proc.stderr
+    help_text = subprocess.run(
+        [*cmd[:2], "--help"], capture_output=True, text=True, timeout=10
+    ).stdout
+    assert "--sns-endpoint" in help_text and "--serial" in help_text

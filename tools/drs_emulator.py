@@ -36,10 +36,43 @@ issue_auth_code() (confidential, or PKCE with a code_challenge). Tokens obtained
 PKCE code are "public": they refresh without client_secret. DELETE /registration and
 revoke_all() kill every token.
 
+SNS notifications: Amazon sends every DRS notification to the maker's cloud over SNS; so does
+the emulator, as SNS delivers to an https subscription. sns_subscribe(url, cafile) POSTs a
+signed SubscriptionConfirmation; the endpoint confirms by GETting its SubscribeURL
+(/sns/confirm on `port`, answered without DRS checks, like the signing certificate at
+/sns/SimpleNotificationService-<hex>.pem: an RSA-2048 key and self-signed certificate made in
+memory at start). Only confirmed subscriptions receive notifications, from then on. DRS actions
+publish them: Replenish placing an order (STANDARD or TEST) -> OrderPlacedNotification,
+ship() -> ItemShippedNotification, cancel_order() and CancelTestOrder closing an order ->
+OrderCancelledNotification, set_subscribed() -> SubscriptionChangedNotification, a
+successful authorization_code grant -> DeviceRegisteredNotification, DELETE /registration ->
+DeviceDeregisteredNotification; notify() sends any by hand. The SNS "Message" is the DRS
+notification as compact JSON:
+
+  {"notificationInfo": {"notificationType": "OrderPlacedNotification",
+                        "notificationTime": "2026-09-21T14:23:20Z",
+                        "notificationId": "<uuid4>", "version": "2015-06-05"},
+   "deviceInfo": {"deviceIdentifier": {"serialNumber": device_serial},
+                  "productIdentifier": {"modelId": device_model}},
+   "orderInfo": {"instanceId": "amzn1.dash.v2.o.ro....", "slotId": "slot-a",
+                 "productInfo": [{"asin": "B0...", "quantity": 1, "unit": "count"}]}}
+
+(order types carry orderInfo, SubscriptionChanged carries
+"subscriptionInfo": {"slotsSubscriptionStatus": {slot: bool, ...}}). Envelopes are signed as
+SNS documents it (SignatureVersion 2, SHA256withRSA, or 1, SHA1withRSA, over the canonical
+string: each signed key and its value, each followed by a newline). Delivery is asynchronous
+and in order on one sender thread, never delaying a DRS answer, with retries after a failure
+or a non-2xx answer (sns_retry_delays);
+sns_flush() waits until everything queued so far is delivered or given up; sns_deliveries
+records each delivery; sns_replay() sends the last notification again, unchanged (SNS is
+at-least-once).
+
 CLI: python3 tools/drs_emulator.py --certs DIR [--slots slot-a,slot-b] [--unsubscribed slot-b]
-     [--refresh-token TOKEN] [--test-device]
+     [--refresh-token TOKEN] [--test-device] [--serial SERIAL] [--model MODEL]
+     [--sns-endpoint URL [--sns-ca FILE]]
 It prints one JSON line (ports, CA paths, a refresh token, and `auth_code`, a confidential
-authorization code for `redirect_uri`, valid 5 minutes), then serves until SIGTERM/SIGINT.
+authorization code for `redirect_uri`, valid 5 minutes; with --sns-endpoint the topic and
+subscription ARNs and the signing host), then serves until SIGTERM/SIGINT.
 """
 
 import argparse
@@ -48,9 +81,11 @@ import datetime
 import hashlib
 import hmac
 import http
+import http.client
 import json
 import logging
 import math
+import queue
 import re
 import secrets
 import signal
@@ -63,6 +98,12 @@ import threading
 import time
 import urllib.parse
 import uuid
+from xml.sax.saxutils import escape as xml_escape
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
 try:
     from . import certs  # imported as tools.drs_emulator
@@ -120,6 +161,7 @@ ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:
 SLOT_STATUS_DATES = ("expectedReplenishmentDate", "lastUseDate")
 SLOT_STATUS_NUMBERS = ("remainingQuantityInUnit", "originalQuantityInUnit", "totalQuantityOnHand")
 PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+DEVICE_ID = re.compile(r"[A-Za-z0-9+_-]{1,64}")  # a serial number or model id (scope_data)
 CODE_CHARS = string.ascii_letters
 
 MAX_HEAD = 64 * 1024
@@ -144,6 +186,84 @@ FAULT_KINDS = frozenset(
         "drip",
     }
 )
+
+
+# SNS: what the emulator's topic sends, and how (see the module docstring).
+SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:dash-emulator"
+SNS_PREFIX = "/sns/"
+SNS_CONFIRM_PATH = "/sns/confirm"
+SNS_UNSUBSCRIBE_PATH = "/sns/unsubscribe"
+SNS_XMLNS = "http://sns.amazonaws.com/doc/2010-03-31/"
+SNS_USER_AGENT = "Amazon Simple Notification Service Agent"
+SNS_CONTENT_TYPE = "text/plain; charset=UTF-8"
+SNS_RETRY_DELAYS = (0.1, 0.3, 1.0)  # seconds before each retry: four attempts in all
+SNS_TIMEOUT = 10.0  # one delivery attempt (SNS waits 15 s)
+DRS_NOTIFICATION_VERSION = "2015-06-05"
+# The keys each message type signs, in the order of the canonical string; Subject only if
+# present (AWS, "Verifying the signatures of Amazon SNS messages").
+SNS_SIGNED_KEYS = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": (
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
+    ),
+}
+SNS_SIGNED_KEYS["UnsubscribeConfirmation"] = SNS_SIGNED_KEYS["SubscriptionConfirmation"]
+SNS_HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
+
+
+def sns_string_to_sign(envelope):
+    """The canonical string SNS signs for this envelope (a dict of its JSON fields), as
+    bytes: each signed key of its Type and its value, each followed by a newline, in order;
+    KeyError if one is missing, ValueError for an unknown Type."""
+    keys = SNS_SIGNED_KEYS.get(envelope.get("Type"))
+    if keys is None:
+        raise ValueError(f"unknown SNS message type {envelope.get('Type')!r}")
+    out = []
+    for key in keys:
+        if key == "Subject" and envelope.get("Subject") is None:
+            continue
+        out.append(f"{key}\n{envelope[key]}\n")
+    return "".join(out).encode("utf-8")
+
+
+def _sns_timestamp(when=None):
+    when = time.time() if when is None else when
+    ms = int(when * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + ".%03dZ" % ms
+
+
+_sns_keys = []  # the process's one SNS signing key, made on first use
+_sns_keys_lock = threading.Lock()
+
+
+def _make_sns_signing_cert():
+    """An RSA-2048 key and a self-signed certificate for it, as SNS's signing certificate
+    (CN sns.amazonaws.com), in memory: (key, PEM bytes). Every emulator of a process shares
+    the key (a suite starts hundreds of emulators; each key costs up to 0.1 s); each has a
+    certificate of its own."""
+    with _sns_keys_lock:
+        if not _sns_keys:
+            _sns_keys.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        key = _sns_keys[0]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert.public_bytes(serialization.Encoding.PEM)
 
 
 def make_token(prefix, length):
@@ -263,7 +383,9 @@ class Emulator:
 
     Public state (read it freely; change it through the methods): requests, orders,
     slot_status, device_status, subscriptions, asins, tls_failures, refresh_count,
-    code_grants, deregistrations.
+    code_grants, deregistrations; for SNS: device_serial, device_model, topic_arn,
+    sns_subscriptions, notifications (every DRS notification made, sent or not),
+    sns_deliveries.
     """
 
     def __init__(
@@ -275,7 +397,14 @@ class Emulator:
         rotate_refresh_tokens=True,
         access_token_lifetime=3600,
         is_test_device=False,
+        device_serial="dash-dev-1",
+        device_model="dash-emulated",
+        topic_arn=SNS_TOPIC_ARN,
+        sns_signature_version="2",
+        sns_retry_delays=SNS_RETRY_DELAYS,
     ):
+        if sns_signature_version not in SNS_HASHES:
+            raise ValueError(f"SignatureVersion must be 1 or 2, not {sns_signature_version!r}")
         self.cert_dir = cert_dir
         self.slots = tuple(slots)
         self.client_id = client_id
@@ -298,6 +427,25 @@ class Emulator:
         self.refresh_count = 0  # successful refresh_token grants
         self.code_grants = 0  # successful authorization_code grants
         self.deregistrations = 0  # successful DELETE /registration calls
+        # SNS (see the module docstring)
+        self.device_serial = device_serial
+        self.device_model = device_model
+        self.topic_arn = topic_arn
+        self.sns_signature_version = sns_signature_version
+        self.sns_retry_delays = tuple(sns_retry_delays)
+        self.sns_timeout = SNS_TIMEOUT
+        self.sns_subscriptions = []  # dicts: arn, endpoint, cafile, token, confirmed
+        self.notifications = []  # every DRS notification made, as dicts
+        self.sns_deliveries = []  # one record per delivery to one subscription
+        self._sns_key = None
+        self._sns_cert_pem = None
+        self._sns_cert_name = None  # SimpleNotificationService-<hex>.pem
+        self._sns_queue = queue.Queue()
+        self._sns_cond = threading.Condition()
+        self._sns_queued = self._sns_done = 0
+        self._sns_wake = threading.Event()  # cuts a retry's back-off short
+        self._sns_last = None  # (message fields, subscriptions) of the last notification
+        self._sns_contexts = {}  # cafile -> ssl context
         self._lock = threading.RLock()
         self._refresh_tokens = set()
         self._public_refresh_tokens = set()  # subset refreshable without client_secret
@@ -313,6 +461,10 @@ class Emulator:
 
     def start(self):
         self.certs = certs.ensure_certs(self.cert_dir)
+        if self._sns_key is None:
+            self._sns_key, self._sns_cert_pem = _make_sns_signing_cert()
+            digest = hashlib.sha256(self._sns_cert_pem).hexdigest()[:32]
+            self._sns_cert_name = f"SimpleNotificationService-{digest}.pem"
         self._stop.clear()
         for name, cert in LISTENERS:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -325,10 +477,15 @@ class Emulator:
             self._listeners.append(sock)
             setattr(self, "port" if name == "good" else "port_" + name, sock.getsockname()[1])
             self._spawn(self._accept_loop, name, sock, ctx)
+        self._spawn(self._sns_sender)
         return self
 
     def stop(self):
         self._stop.set()
+        self._sns_wake.set()
+        self._sns_queue.put(None)  # ends the sender once it is done with the job in hand
+        with self._sns_cond:
+            self._sns_cond.notify_all()
         with self._lock:
             socks = self._listeners + list(self._conns)
             threads = list(self._threads)
@@ -406,11 +563,16 @@ class Emulator:
     # -- state control: slots and orders --
 
     def set_subscribed(self, slot, flag):
-        """What SubscriptionInfo reports for `slot` (Replenish does not look at it)."""
+        """What SubscriptionInfo reports for `slot` (Replenish does not look at it); sends a
+        SubscriptionChangedNotification naming every slot's status."""
         if slot not in self.slots:
             raise ValueError(f"unknown slot {slot!r}")
         with self._lock:
             self.subscriptions[slot] = bool(flag)
+            status = {s: bool(self.subscriptions.get(s, False)) for s in self.slots}
+            self.notify(
+                "SubscriptionChanged", subscriptionInfo={"slotsSubscriptionStatus": status}
+            )
 
     def open_order(self, slot):
         with self._lock:
@@ -449,14 +611,15 @@ class Emulator:
         return None
 
     def ship(self, slot):
-        """The slot's open order ships ("Shipped", still open, delivery expected in 2 days);
-        return its event id (None if there was none)."""
+        """The slot's open order ships ("Shipped", still open, delivery expected in 2 days;
+        an ItemShippedNotification); return its event id (None if there was none)."""
         order = self._close_open(slot, "Shipped", close=False)
         if order is None:
             return None
         when = time.gmtime(time.time() + 2 * 86400)
         with self._lock:
             order["expected_delivery_date"] = time.strftime("%Y-%m-%dT07:59:59.000Z", when)
+            self._notify_order("ItemShipped", order)
         return order["event_instance_id"]
 
     def mark_delivered(self, slot):
@@ -466,9 +629,12 @@ class Emulator:
         return order and order["event_instance_id"]
 
     def cancel_order(self, slot):
-        """Cancel the slot's open order ("Cancelled", closed); return its event id (None if
-        there was none)."""
-        order = self._close_open(slot, "Cancelled", close=True)
+        """Cancel the slot's open order ("Cancelled", closed; an OrderCancelledNotification);
+        return its event id (None if there was none)."""
+        with self._lock:
+            order = self._close_open(slot, "Cancelled", close=True)
+            if order is not None:
+                self._notify_order("OrderCancelled", order)
         return order and order["event_instance_id"]
 
     def set_order_status(self, event_id, status, expected_delivery_date=None, open=None):
@@ -517,6 +683,305 @@ class Emulator:
     def requests_to(self, path_prefix):
         with self._lock:
             return [r for r in self.requests if r["path"].startswith(path_prefix)]
+
+    # -- SNS: the maker's cloud's subscription to DRS notifications --
+
+    @property
+    def sns_signing_cert_url(self):
+        return f"https://localhost:{self.port}{SNS_PREFIX}{self._sns_cert_name}"
+
+    @property
+    def sns_signing_cert_pem(self):
+        return self._sns_cert_pem
+
+    def sns_subscribe(self, endpoint_url, cafile=None):
+        """Subscribe an http(s) endpoint to the topic, as SNS's Subscribe does: it is sent a
+        signed SubscriptionConfirmation and gets notifications once it has GET its
+        SubscribeURL. `cafile`: the CA that verifies the endpoint's certificate (None: the
+        system's). Returns the subscription ARN."""
+        scheme = urllib.parse.urlsplit(endpoint_url).scheme
+        if scheme not in ("https", "http"):
+            raise ValueError(f"an SNS endpoint is http or https, not {endpoint_url!r}")
+        if self.port is None:
+            raise RuntimeError("start() the emulator first: the SubscribeURL is on its port")
+        sub = {
+            "arn": f"{self.topic_arn}:{uuid.uuid4()}",
+            "endpoint": endpoint_url,
+            "cafile": cafile,
+            "token": secrets.token_hex(64),
+            "confirmed": False,
+        }
+        query = urllib.parse.urlencode(
+            {"Action": "ConfirmSubscription", "TopicArn": self.topic_arn, "Token": sub["token"]}
+        )
+        fields = {
+            "Type": "SubscriptionConfirmation",
+            "MessageId": str(uuid.uuid4()),
+            "Token": sub["token"],
+            "TopicArn": self.topic_arn,
+            "Message": (
+                f"You have chosen to subscribe to the topic {self.topic_arn}.\n"
+                "To confirm the subscription, visit the SubscribeURL included in this message."
+            ),
+            "SubscribeURL": f"https://localhost:{self.port}{SNS_CONFIRM_PATH}?{query}",
+            "Timestamp": _sns_timestamp(),
+        }
+        with self._lock:
+            self.sns_subscriptions.append(sub)
+            self._sns_enqueue(fields, sub, None)
+        return sub["arn"]
+
+    def sns_confirmed(self):
+        """The ARNs of the confirmed subscriptions."""
+        with self._lock:
+            return [s["arn"] for s in self.sns_subscriptions if s["confirmed"]]
+
+    def notify(self, kind, serial=None, model=None, **members):
+        """Publish a DRS notification to every confirmed subscription and return it (a dict).
+        kind: "OrderPlaced" or "OrderPlacedNotification" (any type; the suffix is added).
+        serial, model: the device's (default device_serial, device_model). members: more
+        top-level members, as given, e.g. orderInfo={...} or subscriptionInfo={...}."""
+        if not isinstance(kind, str) or not kind:
+            raise ValueError("kind must be a notification type")
+        if not kind.endswith("Notification"):
+            kind += "Notification"
+        doc = {
+            "notificationInfo": {
+                "notificationType": kind,
+                "notificationTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "notificationId": str(uuid.uuid4()),
+                "version": DRS_NOTIFICATION_VERSION,
+            },
+            "deviceInfo": {
+                "deviceIdentifier": {"serialNumber": serial or self.device_serial},
+                "productIdentifier": {"modelId": model or self.device_model},
+            },
+            **members,
+        }
+        fields = {
+            "Type": "Notification",
+            "MessageId": str(uuid.uuid4()),
+            "TopicArn": self.topic_arn,
+            "Message": json.dumps(doc, separators=(",", ":")),
+            "Timestamp": _sns_timestamp(),
+        }
+        with self._lock:
+            self.notifications.append(doc)
+            subs = [s for s in self.sns_subscriptions if s["confirmed"]]
+            self._sns_last = (fields, subs)
+            for sub in subs:
+                self._sns_enqueue(fields, sub, kind)
+        return doc
+
+    def sns_replay(self):
+        """Send the last notification again, the same message (MessageId, notificationId,
+        Timestamp, Signature) to the same subscriptions, as SNS may; return its MessageId,
+        None if there was none."""
+        with self._lock:
+            if self._sns_last is None:
+                return None
+            fields, subs = self._sns_last
+            kind = json.loads(fields["Message"])["notificationInfo"]["notificationType"]
+            for sub in subs:
+                if sub in self.sns_subscriptions:
+                    self._sns_enqueue(fields, sub, kind)
+            return fields["MessageId"]
+
+    def sns_flush(self, timeout=10):
+        """Wait until everything queued so far was delivered or given up; False on timeout
+        (or when the emulator stopped first)."""
+        with self._sns_cond:
+            target = self._sns_queued
+            self._sns_cond.wait_for(
+                lambda: self._sns_done >= target or self._stop.is_set(), timeout
+            )
+            return self._sns_done >= target
+
+    def sns_retry_now(self):
+        """Cut the back-off of a delivery waiting to be retried short: it is tried now."""
+        self._sns_wake.set()
+
+    def sns_envelope(self, fields, signature_version=None):
+        """`fields` (Type, MessageId, TopicArn, Message, Timestamp, and for confirmations
+        Token and SubscribeURL; Subject optional) signed as SNS signs them: a new dict with
+        SignatureVersion, Signature, SigningCertURL (and UnsubscribeURL for a Notification
+        without one). Tests use it to make messages of their own."""
+        version = signature_version or self.sns_signature_version
+        env = dict(fields)
+        env["SignatureVersion"] = version
+        signature = self._sns_key.sign(
+            sns_string_to_sign(env), padding.PKCS1v15(), SNS_HASHES[version]()
+        )
+        env["Signature"] = base64.b64encode(signature).decode("ascii")
+        env["SigningCertURL"] = self.sns_signing_cert_url
+        return env
+
+    def _sns_enqueue(self, fields, sub, notification_type):
+        record = {
+            "type": fields["Type"],
+            "notification_type": notification_type,
+            "message_id": fields["MessageId"],
+            "notification_id": None,
+            "message": fields["Message"],
+            "endpoint": sub["endpoint"],
+            "subscription_arn": sub["arn"],
+            "status": None,  # the last attempt's HTTP status (None: no answer)
+            "statuses": [],
+            "attempts": 0,
+            "error": None,
+            "delivered": None,  # True, or False once given up
+        }
+        if notification_type is not None:
+            info = json.loads(fields["Message"]).get("notificationInfo", {})
+            record["notification_id"] = info.get("notificationId")
+        with self._sns_cond:
+            self.sns_deliveries.append(record)
+            self._sns_queued += 1
+        self._sns_queue.put((fields, sub, record))
+
+    def _notify_order(self, kind, order):
+        product = {"asin": order["asin"], "quantity": 1, "unit": "count"}
+        info = {
+            "instanceId": order["event_instance_id"],
+            "slotId": order["slot"],
+            "productInfo": [product],
+        }
+        return self.notify(kind, orderInfo=info)
+
+    def _sns_sender(self):
+        while True:
+            job = self._sns_queue.get()
+            if job is None:
+                if self._stop.is_set():
+                    return
+                continue
+            record = job[2]
+            try:
+                if self._stop.is_set():
+                    record["error"] = "the emulator stopped"
+                else:
+                    self._sns_deliver(*job)
+            except Exception as e:  # a bug must not stop every later delivery
+                log.exception("SNS delivery failed")
+                record["error"] = repr(e)
+            finally:
+                with self._sns_cond:
+                    if record["delivered"] is None:
+                        record["delivered"] = False
+                    self._sns_done += 1
+                    self._sns_cond.notify_all()
+
+    def _sns_deliver(self, fields, sub, record):
+        env = self.sns_envelope(fields)
+        if env["Type"] == "Notification":
+            query = urllib.parse.urlencode(
+                {"Action": "Unsubscribe", "SubscriptionArn": sub["arn"]}
+            )
+            env["UnsubscribeURL"] = f"https://localhost:{self.port}{SNS_UNSUBSCRIBE_PATH}?{query}"
+        body = json.dumps(env, indent=2).encode("utf-8")
+        headers = {
+            "Content-Type": SNS_CONTENT_TYPE,
+            "User-Agent": SNS_USER_AGENT,
+            "x-amz-sns-message-type": env["Type"],
+            "x-amz-sns-message-id": env["MessageId"],
+            "x-amz-sns-topic-arn": env["TopicArn"],
+        }
+        if env["Type"] != "SubscriptionConfirmation":
+            headers["x-amz-sns-subscription-arn"] = sub["arn"]
+        delays = list(self.sns_retry_delays)
+        self._sns_wake.clear()
+        while True:
+            status, error = self._sns_post(sub, body, headers)
+            with self._sns_cond:
+                record["attempts"] += 1
+                record["statuses"].append(status)
+                record["status"], record["error"] = status, error
+                if status is not None and 200 <= status < 300:
+                    record["delivered"] = True
+            log.info(
+                "SNS %s %s -> %s: %s",
+                env["Type"],
+                record["notification_type"] or "",
+                sub["endpoint"],
+                status if error is None else error,
+            )
+            if record["delivered"] or not delays or self._stop.is_set():
+                return
+            if self._sns_wake.wait(delays.pop(0)):
+                self._sns_wake.clear()
+            if self._stop.is_set():
+                return
+
+    def _sns_post(self, sub, body, headers):
+        """One delivery attempt: (HTTP status, None) or (None, what went wrong)."""
+        url = urllib.parse.urlsplit(sub["endpoint"])
+        target = (url.path or "/") + ("?" + url.query if url.query else "")
+        try:
+            if url.scheme == "https":
+                ctx = self._sns_contexts.get(sub["cafile"])
+                if ctx is None:
+                    ctx = ssl.create_default_context(cafile=sub["cafile"])
+                    self._sns_contexts[sub["cafile"]] = ctx
+                conn = http.client.HTTPSConnection(
+                    url.hostname, url.port or 443, context=ctx, timeout=self.sns_timeout
+                )
+            else:
+                conn = http.client.HTTPConnection(
+                    url.hostname, url.port or 80, timeout=self.sns_timeout
+                )
+            try:
+                conn.request("POST", target, body, headers)
+                resp = conn.getresponse()
+                resp.read(65536)
+                return resp.status, None
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            return None, f"{type(e).__name__}: {e}"
+
+    def _sns_route(self, method, path):
+        """GET /sns/confirm (SubscribeURL), /sns/unsubscribe (UnsubscribeURL) and the
+        signing certificate; no DRS checks, as SNS's own endpoints have none."""
+        url = urllib.parse.urlsplit(path)
+        if url.path == f"{SNS_PREFIX}{self._sns_cert_name}":
+            if method != "GET":
+                return _sns_error(405, "InvalidAction", f"{method} not allowed")
+            return 200, {"Content-Type": "application/x-pem-file"}, self._sns_cert_pem
+        if url.path not in (SNS_CONFIRM_PATH, SNS_UNSUBSCRIBE_PATH):
+            return _sns_error(404, "NotFound", f"no such resource: {url.path}")
+        if method != "GET":
+            return _sns_error(405, "InvalidAction", f"{method} not allowed")
+        form = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        if any(len(v) > 1 for v in form.values()):
+            return _sns_error(400, "InvalidParameter", "duplicate parameter")
+        params = {k: v[0] for k, v in form.items()}
+        if url.path == SNS_CONFIRM_PATH:
+            return self._sns_confirm(params)
+        return self._sns_unsubscribe(params)
+
+    def _sns_confirm(self, params):
+        if params.get("Action") != "ConfirmSubscription":
+            return _sns_error(400, "InvalidAction", "Action must be ConfirmSubscription")
+        if params.get("TopicArn") != self.topic_arn:
+            return _sns_error(404, "NotFound", "Topic does not exist")
+        token = params.get("Token", "").encode()
+        with self._lock:
+            for sub in self.sns_subscriptions:
+                if hmac.compare_digest(sub["token"].encode(), token):
+                    sub["confirmed"] = True
+                    arn = f"<SubscriptionArn>{xml_escape(sub['arn'])}</SubscriptionArn>"
+                    return _sns_xml("ConfirmSubscription", arn)
+        return _sns_error(400, "InvalidParameter", "Invalid token")
+
+    def _sns_unsubscribe(self, params):
+        if params.get("Action") != "Unsubscribe":
+            return _sns_error(400, "InvalidAction", "Action must be Unsubscribe")
+        with self._lock:
+            for sub in list(self.sns_subscriptions):
+                if sub["arn"] == params.get("SubscriptionArn"):
+                    self.sns_subscriptions.remove(sub)
+                    return _sns_xml("Unsubscribe", "")
+        return _sns_error(404, "NotFound", "Subscription does not exist")
 
     # -- connections --
 
@@ -743,6 +1208,8 @@ class Emulator:
         route = urllib.parse.urlsplit(path).path
         if route == TOKEN_PATH:
             return self._lwa_token(method, headers, body)
+        if route.startswith(SNS_PREFIX):
+            return self._sns_route(method, path)
         for pattern, endpoint in ROUTES:
             match = pattern.fullmatch(route)
             if match:
@@ -867,7 +1334,9 @@ class Emulator:
                     return error
             info["used"] = True
             self.code_grants += 1
-            return self._issue_tokens(self.add_refresh_token(public=pkce))
+            answer = self._issue_tokens(self.add_refresh_token(public=pkce))
+            self.notify("DeviceRegistered")
+            return answer
 
     def _issue_tokens(self, refresh):
         access = make_token("Atza|", self.access_token_chars)
@@ -939,7 +1408,7 @@ class Emulator:
             code = "ORDER_INPROGRESS"
         else:
             code = "TEST_ORDER_PLACED" if self.is_test_device else "STANDARD_ORDER_PLACED"
-            self._new_order(slot, event_id, code)
+            self._notify_order("OrderPlaced", self._new_order(slot, event_id, code))
         return _json(200, {"eventInstanceId": event_id, "detailCode": code}, headers)
 
     def _do_slot_status(self, headers, doc, slot):
@@ -988,6 +1457,7 @@ class Emulator:
     def _do_deregister(self, headers, _doc):
         self.revoke_all()
         self.deregistrations += 1
+        self.notify("DeviceDeregistered")
         return 200, headers, b""
 
     def _do_cancel_test_orders(self, headers, _doc, slot):
@@ -1003,6 +1473,7 @@ class Emulator:
                     and order["detail_code"] == "TEST_ORDER_PLACED"
                 ):
                     order["open"], order["status"] = False, "Cancelled"
+                    self._notify_order("OrderCancelled", order)
                     cancelled = True
             state = "CANCELLED" if cancelled else "NO_ORDER_IN_PROGRESS"
             statuses.append({"orderStatus": state, "slotId": s})
@@ -1011,6 +1482,25 @@ class Emulator:
 
 def _lwa_error(status, code, description):
     return _json(status, {"error": code, "error_description": description}, LWA_HEADERS)
+
+
+def _sns_xml(action, result):
+    body = (
+        f'<{action}Response xmlns="{SNS_XMLNS}">'
+        f"<{action}Result>{result}</{action}Result>"
+        f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+        f"</{action}Response>"
+    )
+    return 200, {"Content-Type": "text/xml"}, body.encode()
+
+
+def _sns_error(status, code, message):
+    body = (
+        f'<ErrorResponse xmlns="{SNS_XMLNS}"><Error><Type>Sender</Type><Code>{code}</Code>'
+        f"<Message>{xml_escape(message)}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
+        "</ErrorResponse>"
+    )
+    return status, {"Content-Type": "text/xml"}, body.encode()
 
 
 def main(argv=None):
@@ -1024,7 +1514,26 @@ def main(argv=None):
     ap.add_argument("--client-secret", default="test-secret")
     ap.add_argument("--no-rotate", action="store_true", help="keep refresh tokens on refresh")
     ap.add_argument("--access-token-lifetime", type=int, default=3600)
+    ap.add_argument("--serial", default="dash-dev-1", help="the device's serial in notifications")
+    ap.add_argument("--model", default="dash-emulated", help="its model id in notifications")
+    ap.add_argument(
+        "--sns-endpoint",
+        metavar="URL",
+        help="subscribe this http(s) endpoint to DRS notifications over SNS at start",
+    )
+    ap.add_argument(
+        "--sns-ca",
+        metavar="FILE",
+        help="CA file that verifies the SNS endpoint's certificate (default: the test CA)",
+    )
     args = ap.parse_args(argv)
+    if args.sns_endpoint and urllib.parse.urlsplit(args.sns_endpoint).scheme not in (
+        "http",
+        "https",
+    ):
+        ap.error("--sns-endpoint must be an http or https URL")
+    if not DEVICE_ID.fullmatch(args.serial) or not DEVICE_ID.fullmatch(args.model):
+        ap.error("--serial and --model are 1-64 characters of [A-Za-z0-9-+_]")
     slots = [s for s in args.slots.split(",") if s]
     unsubscribed = [s for s in args.unsubscribed.split(",") if s]
     unknown = [s for s in unsubscribed if s not in slots]
@@ -1042,12 +1551,19 @@ def main(argv=None):
         rotate_refresh_tokens=not args.no_rotate,
         access_token_lifetime=args.access_token_lifetime,
         is_test_device=args.test_device,
+        device_serial=args.serial,
+        device_model=args.model,
     )
     for slot in unsubscribed:
         emu.set_subscribed(slot, False)
     emu.start()
     try:
         token = emu.add_refresh_token(args.refresh_token)
+        sns = {"topic_arn": emu.topic_arn, "signing_host": f"localhost:{emu.port}"}
+        if args.sns_endpoint:
+            sns["subscription_arn"] = emu.sns_subscribe(
+                args.sns_endpoint, cafile=args.sns_ca or emu.certs["ca"]
+            )
         print(
             json.dumps(
                 {
@@ -1059,6 +1575,8 @@ def main(argv=None):
                     "refresh_token": token,
                     "auth_code": emu.issue_auth_code(),
                     "redirect_uri": DEFAULT_REDIRECT_URI,
+                    "serial": emu.device_serial,
+                    "sns": sns,
                 }
             ),
             flush=True,
