@@ -1358,6 +1358,14 @@ def test_sns_replay_and_notify_by_hand(emu, sink, ctx, cert_dir):
     assert doc["extra"] == {"unknown": 1}
     ids = [d["notification_id"] for d in emu.sns_deliveries[1:]]
     assert ids == [doc["notificationInfo"]["notificationId"]] * 2
+    # The UnsubscribeURL of a notification ends the subscription.
+    url = urllib.parse.urlsplit(first["UnsubscribeURL"])
+    resp, data = call(emu, ctx, "GET", url.path + "?" + url.query)
+    assert resp.status == 200 and b"<UnsubscribeResponse" in data
+    assert emu.sns_confirmed() == [] and emu.sns_subscriptions == []
+    emu.notify("OrderPlaced")
+    assert emu.sns_replay() is not None  # the last one had no subscriber left: sent to none
+    assert emu.sns_flush() and len(sink.posts) == 3
 
 
 def test_sns_signature_version_1(cert_dir, ctx, sink):

@@ -892,12 +892,12 @@ class Emulator:
         self._sns_wake.clear()
         while True:
             status, error = self._sns_post(sub, body, headers)
-            with self._sns_cond:
-                record["attempts"] += 1
+            with self._sns_cond:  # attempts last: a reader that sees it sees the rest
                 record["statuses"].append(status)
                 record["status"], record["error"] = status, error
                 if status is not None and 200 <= status < 300:
                     record["delivered"] = True
+                record["attempts"] += 1
             log.info(
                 "SNS %s %s -> %s: %s",
                 env["Type"],
@@ -1055,7 +1055,7 @@ class Emulator:
         if "transfer-encoding" in headers:
             raise _BadRequest("request Transfer-Encoding not supported; send Content-Length")
         length = headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
             raise _BadRequest(f"bad Content-Length {length!r}")
         while len(body) < int(length):
             chunk = conn.recv(65536)
