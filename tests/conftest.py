@@ -85,3 +85,21 @@ def slots_device(certs, root, slots, config):
             yield emu, dev
         finally:
             dev.stop()
+
+
+@pytest.fixture
+def broker(certs, tmp_path):
+    from broker import Broker
+
+    b = Broker(tmp_path / "broker", certs=certs).start()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def cloud(broker):
+    from cloud import Cloud
+
+    c = Cloud(broker)
+    yield c
+    c.close()

@@ -7,7 +7,7 @@ from conftest import REPO
 
 
 def test_unit_suite_passes_under_micropython():
-    env = dict(os.environ, MICROPYPATH=str(REPO / "lib"))
+    env = dict(os.environ, MICROPYPATH="%s:%s" % (REPO / "lib", REPO / "build" / "mplib"))
     p = subprocess.run(
         [str(REPO / ".venv/bin/micropython"), "tests/unit/run.py"],
         cwd=REPO,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MICROPYTHON = os.environ.get("MICROPYTHON", str(REPO / ".venv" / "bin" / "micropython"))
+# micropython-lib's umqtt.simple (frozen into stock ESP32 firmware; `make mplib` puts it here).
+MPLIB = REPO / "build" / "mplib"
 LOG_LINE = re.compile(r"^\[\s*(\d+)\] (\S+) (\{.*\})$")
 DEFAULT_CONFIG = {
     "slot_id": "slot-a",
@@ -67,6 +69,7 @@ class Device:
         lib=None,
         env=None,
         harness=None,
+        secrets=None,
     ):
         self.heap_kb = heap_kb  # micropython -X heapsize=, as a board's smaller heap
         self.lib = lib or REPO / "lib"  # the device code: sources, or a tree of .mpy files
@@ -85,12 +88,13 @@ class Device:
                 cfg.pop(k)
         cfg.update(config or {})
         self.write_json("config.json", cfg)
-        secrets = {"client_id": client_id}
+        secret = {"client_id": client_id}
         if refresh_token:
-            secrets["refresh_token"] = refresh_token
+            secret["refresh_token"] = refresh_token
         if client_secret:
-            secrets["client_secret"] = client_secret
-        self.write_json("secrets.json", secrets)
+            secret["client_secret"] = client_secret
+        secret.update(secrets or {})
+        self.write_json("secrets.json", secret)
         shutil.copy(ca_file, self.root / "ca.pem")
         self.set_level(900)
         self.proc = None
@@ -107,11 +111,11 @@ class Device:
 
     def start(self):
         wall = self.wall + self.elapsed if self.wall else 0
-        env = dict(os.environ, MICROPYPATH=str(self.lib), VDEVICE_WALL=str(wall))
+        env = dict(os.environ, MICROPYPATH="%s:%s" % (self.lib, MPLIB), VDEVICE_WALL=str(wall))
         env.update(self.extra_env)
         main = [str(REPO / "tools" / "vdevice.py")]
         if self.harness:
-            env["MICROPYPATH"] = "%s:%s" % (self.harness, self.lib)
+            env["MICROPYPATH"] = "%s:%s:%s" % (self.harness, self.lib, MPLIB)
             # From a ROMFS image holding the device code and the harness: vrom mounts it.
             main = ["-m", "vrom" if "VDEVICE_ROMFS" in env else "vdevice"]
         self.proc = spawn(main, self.root, self.heap_kb, env)

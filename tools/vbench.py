@@ -23,6 +23,8 @@ def command(app, clock, ok, cmd, line, hog):
         except ValueError:
             msg = None
         out = app.provision("relay", msg)
+    elif name == "link-wait" and app.link is not None:
+        out = link_wait(app, int(cmd[1]), int(cmd[2]) if len(cmd) > 2 else 1)
     elif name == "steady" and ok and len(cmd) == 2:
         out = steady(app, clock, int(cmd[1]))
     elif name == "cycle" and ok:
@@ -56,7 +58,21 @@ def _steps(app, clock, n):
     while i < n:  # no range object: the loop itself must not allocate
         clock.t = clock.due
         clock.due += app.step()
+        app.idle(0)
         i += 1
+
+
+def link_wait(app, ms, n):
+    """Real time passes here (virtual time does not): what the broker sends arrives."""
+    import time
+
+    link = app.link
+    want = link.commands + n
+    t0 = time.ticks_ms()
+    while link.commands < want and time.ticks_diff(time.ticks_ms(), t0) < ms:
+        app.idle(0)
+        time.sleep_ms(5)
+    return {"commands": link.commands, "arrived": link.commands >= want}
 
 
 def steady(app, clock, n):

@@ -9,7 +9,7 @@ changed, and the intent to order is written before the request leaves the device
 Resident code is what sampling needs. Start-up and the config checks, order placement, the
 periodic calls, registration, the token refresh (`lwa`), the code of a DRS call (`link`,
 `drs`) and of the rarer turns of an episode (`episode`) are imported when needed and dropped
-again (`_lib`, `_drop_phase`).
+again (`lib`, `drop_phase`).
 """
 
 import gc
@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     from dash.store import Store
     from dash.tokens import Tokens
 
+VERSION = "0.5.0"  # the firmware's, as package.json has it
 STATE = "state.json"
 _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
+_SLICE_MS = const(200)  # between steps, how often the cloud link looks for a command
 _DAY = const(86400)
-_BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
-_OPEN = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)  # an order may be out
+BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
+OPEN = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)  # an order may be out
 # The periodic calls, by the number `_duty()` answers (0: none); `_run_duty` makes them.
 _D_VERIFY = const(1)
 _D_SUBS = const(2)
@@ -42,15 +44,15 @@ _D_ORDER = const(4)  # from here on, a slot's call
 _D_SLOT = const(5)
 
 
-def _lib(name):
+def lib(name):
     """Import one of our rarely used modules, into a collected heap: its code then fills the
-    lowest holes instead of going above the last step's garbage (see `_drop_phase`)."""
+    lowest holes instead of going above the last step's garbage (see `drop_phase`)."""
     gc.collect()
     return __import__("dash." + name, None, None, (name,))
 
 
-def _drop(name):
-    """Forget a module `_lib` imported, so the GC can take its code back."""
+def drop(name):
+    """Forget a module `lib` imported, so the GC can take its code back."""
     import sys
 
     sys.modules.pop("dash." + name, None)
@@ -59,13 +61,13 @@ def _drop(name):
         delattr(pkg, name)
 
 
-def _drop_phase(name):
+def drop_phase(name):
     """The end of an order, a periodic call or a provisioning step: drop its module and what
     it may have loaded on the way, and collect now (a few ms, after a network call of
     seconds): what the next phase makes then fills the lowest holes, packed, instead of going
     above the garbage and cutting the free heap up."""
     for n in (name, "link", "drs", "lwa", "episode", "provision", "daily"):
-        _drop(n)
+        drop(n)
     gc.collect()
 
 
@@ -139,22 +141,29 @@ class App:
         self._refused = None  # this step's refused token refresh: not tried twice in a step
         self._due_slot = None
         self._unsaved = False  # a persist() found no memory: the next step writes the state
+        self.running = False  # booted with a good config: steps run
+        self.link = None  # the cloud link (`cloud`), when config.json has "mqtt"
+        self.pending = None  # a command from the cloud that calls DRS: (kind, arg, id)
 
     # -- reporting ------------------------------------------------------------------------
 
     def log(self, tag, **fields):
         """One line per event: uptime seconds, a tag, JSON details. Never given a secret.
         Never raises for want of memory: then the line is the tag alone."""
+        f = "{}"
         try:
-            line = "[%7d] %s %s" % (self.up_s, tag, json.dumps(fields))
+            f = json.dumps(fields)
+            line = "[%7d] %s %s" % (self.up_s, tag, f)
         except MemoryError:
             line = tag
         self.out(line)
+        if self.link is not None:
+            self.link.event(tag, f, fields)
 
     def status(self):
         """What the device would show a maker: per slot and for the device. No secret."""
-        out = _lib("status").status(self)
-        _drop("status")
+        out = lib("status").status(self)
+        drop("status")
         return out
 
     # -- boot -----------------------------------------------------------------------------
@@ -164,20 +173,30 @@ class App:
         # The config checks (our biggest code) run before the rest of the resident code is
         # loaded, and their heap is collected before anything that stays is made: what stays
         # is then not strewn through where they were, cutting the free heap into pieces.
-        config = _lib("config")
+        config = lib("config")
         cfg, sec, errors = config.load(self.root)
         urls = None
         if not errors:
             urls = (config.parse_url(cfg["drs_url"]), config.parse_url(cfg["lwa_url"]))
         del config
-        _drop("config")
-        _lib("https")  # first: its buffer and TLS context are big blocks
+        drop("config")
+        lib("https")  # first: its buffer and TLS context are big blocks
+        mq = cfg.get("mqtt")
+        if mq is not None and self.link is None:
+            # Up even when the rest of the config is bad: it reports what is wrong.
+            try:
+                self.link = lib("cloud").Link(self, mq, sec.get("mqtt_password", ""))
+            except ValueError as e:  # a file it cannot read, a board without an id
+                errors.append(e.args[0])
+            except Exception as e:  # noqa: BLE001 - no memory for it, say
+                errors.append("config.json: 'mqtt': the link cannot start (%s)" % describe(e))
         # Then the rest of the resident code, below start-up's, which is dropped after boot:
         # the room it leaves is then in one piece above what stays, not holes between it.
         from dash import platform, signal, store, tokens  # noqa: F401
 
-        ok = _lib("start").boot(self, cfg, sec, errors, urls)
-        _drop_phase("start")  # and `episode`, if a slot resumed
+        ok = lib("start").boot(self, cfg, sec, errors, urls)
+        drop_phase("start")  # and `episode`, if a slot resumed
+        self.running = ok
         return ok
 
     def _path(self, name):
@@ -222,7 +241,7 @@ class App:
                 rec = sl.rec
                 rec["st"] = sl.fsm.durable()
                 left = self._left(sl)
-                if left >= 0 and rec["st"] in _BACKOFF_STATES:
+                if left >= 0 and rec["st"] in BACKOFF_STATES:
                     now = self.clock.wall()
                     rec["dr"] = left
                     rec["dw"] = now + left if now else 0
@@ -264,8 +283,15 @@ class App:
             if self._step_slot(sl):
                 ordered = True
             left = self._left(sl)
-            if 0 < left < wait and sl.fsm.state in _BACKOFF_STATES:
+            if 0 < left < wait and sl.fsm.state in BACKOFF_STATES:
                 wait = left
+        if not ordered and self.pending is not None:
+            # A command from the cloud that calls DRS: this step's network call.
+            ordered = True
+            try:
+                lib("commands").run(self)
+            finally:
+                drop_phase("commands")
         if not ordered:
             duty = self._duty()
             if duty:
@@ -282,7 +308,7 @@ class App:
         name in a table would be one more heap object."""
         name = "duties" if duty <= _D_SUBS else "daily" if duty == _D_DEVICE else "reports"
         try:
-            mod = _lib(name)
+            mod = lib(name)
             if duty == _D_VERIFY:
                 return mod.verify_registration(self, sl)
             if duty == _D_SUBS:
@@ -293,9 +319,9 @@ class App:
                 return mod.order_info(self, sl)
             return mod.slot_status(self, sl)
         except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off too
-            return (result.TRANSIENT, _describe(e), None)
+            return (result.TRANSIENT, describe(e), None)
         finally:
-            _drop_phase(name)
+            drop_phase(name)
 
     def _duty_done(self, duty, sl, failed):
         """Back off after a failed periodic call: per slot for a slot's, else device-wide."""
@@ -335,7 +361,7 @@ class App:
             # Still read: a refill while suspended ends the episode, or the slot would resume
             # waiting for one that came and went. As many high readings in a row as a warm-up.
             rec = sl.rec
-            if level < m.high or rec.get("sp", fsm.MONITOR) not in _OPEN:
+            if level < m.high or rec.get("sp", fsm.MONITOR) not in OPEN:
                 m._count = 0
             else:
                 m._count += 1
@@ -349,7 +375,7 @@ class App:
         if st != before:
             self._changed(sl, before, st, was)
             before = st
-        if st in _BACKOFF_STATES and self._left(sl) == 0 and level <= m.low:
+        if st in BACKOFF_STATES and self._left(sl) == 0 and level <= m.low:
             # Back-off over, and still low. Topped up above low (not refilled to high: the
             # episode, and an order of it that may be open, go on) it waits to be low again.
             st = m.event(fsm.E_TIMER)
@@ -370,7 +396,7 @@ class App:
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)
         self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
-        if new == fsm.MONITOR and (old if was < 0 else was) in _OPEN:
+        if new == fsm.MONITOR and (old if was < 0 else was) in OPEN:
             if level >= sl.fsm.high:
                 self.log("refilled", slot=sl.id, level=level)
             self._close(sl)
@@ -400,7 +426,7 @@ class App:
         """Place this slot's order now (see `ordering`, loaded for it and dropped again)."""
         self.authorise()
         try:
-            ordering = _lib("ordering")
+            ordering = lib("ordering")
         except MemoryError:
             # Nothing left the device: back off as after any transient failure.
             retry = self.cfg["retry_base_s"]
@@ -409,7 +435,7 @@ class App:
             self.transition(sl, fsm.E_RETRY)
             return
         ordering.order(self, sl)
-        _drop_phase("ordering")
+        drop_phase("ordering")
 
     def authorise(self):
         """A good access token, refreshed by `lwa` when it is not. Called before an order or a
@@ -423,10 +449,10 @@ class App:
             if wait > 0:  # LwA's Retry-After holds for every slot and call, not one
                 return (result.TRANSIENT, "LwA asked to wait", False, b"%d" % wait)
             try:
-                self._refused = _lib("lwa").refresh(self)
+                self._refused = lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
-                self._refused = (result.TRANSIENT, _describe(e), False, None)
-            _drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
+                self._refused = (result.TRANSIENT, describe(e), False, None)
+            drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
             if self._refused and self._refused[3]:
                 from dash.backoff import parse_retry_after
 
@@ -506,9 +532,26 @@ class App:
         "relay" (message) or "test_order" (slot id). One entry, not a method each: rarely
         used, so the resident code carries one function for them, not five."""
         self._refused = None
-        out = getattr(_lib("provision"), fn)(self, *args)
-        _drop_phase("provision")
+        out = getattr(lib("provision"), fn)(self, *args)
+        drop_phase("provision")
         return out
+
+    def idle(self, ms):
+        """Until the next step, `ms` from now: the cloud link's turn (`cloud`), or sleep. A
+        step is late by at most the link's budget (see `cloud`)."""
+        link = self.link
+        clock = self.clock
+        if link is None:
+            if ms > 0:
+                clock.sleep_ms(ms)
+            return
+        end = clock.ticks_add(clock.ticks_ms(), ms)
+        while True:
+            link.service()
+            left = clock.ticks_diff(end, clock.ticks_ms())
+            if left <= 0:
+                return
+            clock.sleep_ms(min(left, _SLICE_MS))
 
     @staticmethod
     def rand():
@@ -518,7 +561,7 @@ class App:
         return b[0] << 16 | b[1] << 8 | b[2]
 
 
-def _describe(e):
+def describe(e):
     return "internal error: %s %s" % (type(e).__name__, str(e)[:60])
 
 
@@ -527,16 +570,16 @@ def main():
 
     clock = Clock()
     app = App(".", clock)
-    if not app.boot():
-        while True:
-            clock.sleep_ms(_IDLE_MS)
+    app.boot()  # a bad config idles: no step runs, the cloud link (if any) reports why
     while True:
+        wait = _IDLE_MS
         try:
-            wait = app.step()
+            if app.running:
+                wait = app.step()
+            app.idle(wait)
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
             try:
-                app.log("error", reason=_describe(e))
+                app.log("error", reason=describe(e))
             except MemoryError:
                 pass  # no room even to say why: the next step is the next try
-            wait = _IDLE_MS
-        clock.sleep_ms(wait)
+            clock.sleep_ms(_IDLE_MS)

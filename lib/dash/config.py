@@ -8,17 +8,18 @@ import json
 
 from micropython import const
 
-from dash.check import printable, valid_slot
+from dash.check import octets, printable, valid_slot
 
 CONFIG = "config.json"
 SECRETS = "secrets.json"
-_MAX_FILE = const(6144)
+MAX_FILE = const(6144)
 _REQ = const(-1)  # marks a required key in the schema
 _BIG = const(0x3FFFFFFF)
 
 # Five items per key, in one flat tuple (a tuple per key would cost a heap object each):
 # key, type, min, max, default. Type: "i" int, "s" slot id, "u" https URL, "f" file name,
-# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text, "b" bool.
+# "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text, "b" bool,
+# "h" host name, "d" device id (a topic level), "p" topic prefix, "m" MQTT transport.
 # For strings min/max bound the length. Default None: derived after the check.
 # fmt: off
 _SCHEMA = (
@@ -62,12 +63,33 @@ _SENSOR = (
     "median", "i", 1, 15, 5,
     "ema_shift", "i", 0, 8, 0,
 )
+# The cloud link (`cloud`): present only when config.json has an "mqtt" object.
+_MQTT = (
+    "host", "h", 1, 128, _REQ,
+    "port", "i", 1, 65535, None,
+    "transport", "m", 1, 8, "tls",
+    "ca_file", "f", 1, 64, None,
+    "client_cert", "f", 1, 64, "",
+    "client_key", "f", 1, 64, "",
+    "username", "a", 1, 128, "",
+    "device_id", "d", 1, 64, None,
+    "client_id", "d", 1, 64, None,
+    "topic_prefix", "p", 1, 64, "dash",
+    "keepalive_s", "i", 10, 1200, 60,
+    "timeout_s", "i", 1, 30, 5,
+    "max_message", "i", 512, 8192, 2048,
+    "queue", "i", 1, 32, 8,
+    "state_s", "i", 60, 86400, 3600,
+    "retry_base_s", "i", 1, 3600, 5,
+    "retry_cap_s", "i", 1, 86400, 600,
+)
 _SECRET = (
     "client_id", "t", 1, 100, _REQ,
     "client_secret", "t", 0, 200, "",
     "refresh_token", "t", 0, 2048, "",
     "wifi_ssid", "w", 0, 32, "",
     "wifi_password", "w", 0, 64, "",
+    "mqtt_password", "t", 0, 256, "",
 )
 # fmt: on
 MAX_SLOTS = const(8)
@@ -146,6 +168,14 @@ def _check(src, schema, out, errors, where, prefix=""):
                 bad = "must be visible ASCII, without spaces"
             elif typ == "t" and not printable(v):
                 bad = "must be visible ASCII, without spaces or line breaks"
+            elif typ == "h" and not _chars(v, b"-."):
+                bad = "must be a host name: letters, digits, - and ."
+            elif typ == "d" and not _chars(v, b"-_"):
+                bad = "may only hold letters, digits, - and _ (it is a topic level)"
+            elif typ == "p" and (not _chars(v, b"-_/") or v[0] == "/" or v[-1] == "/"):
+                bad = "may only hold letters, digits, - _ and /, not at either end"
+            elif typ == "m" and v not in ("tls", "plain"):
+                bad = "must be tls, or plain for a broker on the bench"
             if bad:
                 errors.append("%s: '%s' %s" % (where, name, bad))
                 continue
@@ -158,12 +188,20 @@ def _check(src, schema, out, errors, where, prefix=""):
             errors.append("%s: '%s%s' is not a known key" % (where, prefix, key))
 
 
+def _chars(v, extra):
+    """Letters, digits and the characters of `extra` only."""
+    for c in octets(v):
+        if not (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in extra):
+            return False
+    return True
+
+
 def _plain(key):
     """A key name as ours are written (a typo of one, say): lower case, digits and _."""
     return len(key) <= 32 and all(c == "_" or "a" <= c <= "z" or "0" <= c <= "9" for c in key)
 
 
-def _read(path, errors):
+def read(path, errors):
     import os
 
     try:
@@ -171,8 +209,8 @@ def _read(path, errors):
     except OSError:
         errors.append("%s: file is missing" % path)
         return None
-    if size > _MAX_FILE:
-        errors.append("%s: file is larger than %d bytes" % (path, _MAX_FILE))
+    if size > MAX_FILE:
+        errors.append("%s: file is larger than %d bytes" % (path, MAX_FILE))
         return None
     try:
         with open(path, "rb") as f:
@@ -227,7 +265,7 @@ def validate(raw, secrets):
     if raw is not None:
         slot_keys = _keys(_SLOT) + ["sensor"]
         if "slots" in raw:
-            rest = {k: raw[k] for k in raw if k != "slots"}
+            rest = {k: raw[k] for k in raw if k != "slots" and k != "mqtt"}
             slots = raw["slots"]
             if not isinstance(slots, list) or not 0 < len(slots) <= MAX_SLOTS:
                 errors.append(
@@ -235,7 +273,7 @@ def validate(raw, secrets):
                 )
                 slots = []
         else:
-            rest = {k: raw[k] for k in raw if k not in slot_keys}
+            rest = {k: raw[k] for k in raw if k not in slot_keys and k != "mqtt"}
             slots = [{k: raw[k] for k in raw if k in slot_keys}]
         _check(rest, _SCHEMA, cfg, errors, CONFIG)
         cfg["slots"] = []
@@ -267,13 +305,41 @@ def validate(raw, secrets):
             errors.append("%s: 'retry_cap_s' must not be below 'retry_base_s'" % CONFIG)
     if secrets is not None:
         _check(secrets, _SECRET, sec, errors, SECRETS)
+    if raw is not None and "mqtt" in raw:
+        _check_mqtt(raw["mqtt"], cfg, sec, errors)
     return cfg, sec, errors
+
+
+def _check_mqtt(src, cfg, sec, errors):
+    """The cloud link's settings; cfg["mqtt"] is set only when they are all good, so that the
+    link can still report the rest of a bad config."""
+    bad: list = []
+    m: dict = {}
+    if not isinstance(src, dict):
+        bad.append("%s: 'mqtt' must be an object with at least 'host'" % CONFIG)
+    else:
+        _check(src, _MQTT, m, bad, CONFIG, "mqtt.")
+        plain = m.get("transport") == "plain"
+        if m.get("port") is None:
+            m["port"] = 1883 if plain else 8883
+        if m.get("ca_file") is None:
+            m["ca_file"] = cfg.get("ca_file", "ca.pem")
+        if bool(m.get("client_cert")) != bool(m.get("client_key")):
+            bad.append("%s: 'mqtt.client_cert' and 'mqtt.client_key' go together" % CONFIG)
+        if plain and m.get("client_cert"):
+            bad.append("%s: 'mqtt.client_cert' needs 'mqtt.transport' tls" % CONFIG)
+        if sec.get("mqtt_password") and not m.get("username"):
+            bad.append("%s: 'mqtt_password' is set, but 'mqtt.username' is not" % SECRETS)
+    if bad:
+        errors.extend(bad)
+    else:
+        cfg["mqtt"] = m
 
 
 def load(root="."):
     """Read and validate both files under `root`. Returns (config, secrets, errors)."""
     errors: list = []
-    raw = _read(root + "/" + CONFIG, errors)
-    secrets = _read(root + "/" + SECRETS, errors)
+    raw = read(root + "/" + CONFIG, errors)
+    secrets = read(root + "/" + SECRETS, errors)
     cfg, sec, more = validate(raw, secrets)
     return cfg, sec, errors + more

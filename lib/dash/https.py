@@ -64,29 +64,63 @@ class HttpError(Exception):
     pass
 
 
-def load_trust_store(path):
-    """DER certificates from a PEM bundle, read line by line (mbedTLS here parses DER only)."""
-    ders = []
+def ders(path, kind=b"CERTIFICATE"):
+    """The DER blocks of a PEM file whose BEGIN line names `kind` (a trust store's
+    certificates, a client certificate, or its PRIVATE KEY in any of its forms), read line by
+    line (mbedTLS here parses DER only); a file that is one DER object already (Amazon serves
+    its roots as `.cer`) is taken whole. Raises HttpError(E_CA) when there is none."""
+    out = []
     b64: list | None = None
     try:
         with open(path, "rb") as f:
+            first = f.read(1)
+            f.seek(0)
             for line in f:
                 line = line.strip()
-                if line == b"-----BEGIN CERTIFICATE-----":
+                if line.startswith(b"-----BEGIN ") and kind in line:
                     b64 = []
-                elif line == b"-----END CERTIFICATE-----" and b64 is not None:
-                    ders.append(a2b_base64(b"".join(b64)))
+                elif line.startswith(b"-----END ") and b64 is not None:
+                    out.append(a2b_base64(b"".join(b64)))
                     b64 = None
                 elif b64 is not None:
                     b64.append(line)
+            if not out and first == b"0":  # 0x30: an ASN.1 SEQUENCE, DER already
+                f.seek(0)
+                out.append(f.read(8192))
     except (OSError, ValueError):
         raise HttpError(E_CA, path)
-    if not ders:
+    if not out:
         raise HttpError(E_CA, path)
-    return ders
+    return out
+
+
+def context(ca_path, spare=None, cert_path="", key_path=""):
+    """A TLS client context that verifies the peer against the certificates in `ca_path`
+    (CERT_REQUIRED), with a client certificate and key when given (mutual TLS); made new, or
+    taken from the list `spare`. Raises HttpError(E_CA) naming the file that cannot be read or
+    parsed."""
+    ders_ = ders(ca_path)  # first: when reading fails, a spare context is not used up
+    ctx = spare.pop() if spare else tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[union-attr]  # stubs lack it
+    for der in ders_:
+        try:
+            ctx.load_verify_locations(der)
+        except ValueError:
+            raise HttpError(E_CA, ca_path)
+    if cert_path:
+        key = ders(key_path, b"PRIVATE KEY")[0]
+        try:
+            ctx.load_cert_chain(ders(cert_path)[0], key)
+        except ValueError:
+            raise HttpError(E_CA, cert_path)
+    return ctx
 
 
 class Https:
+    # Called before each request opens its TLS session: the cloud link closes its own, so that
+    # there is one TLS session at a time (each costs ~20 KB of the ESP32's IDF heap).
+    pause = None
+
     def __init__(self, ca_path, timeout_s):
         self.ca_path = ca_path
         self.timeout_s = timeout_s
@@ -101,15 +135,7 @@ class Https:
         if self._ctx is None:
             # The trust store first: when reading it fails (a MemoryError, say), the context
             # made at import is still there for the next try, not a 3 KB block to find again.
-            ders = load_trust_store(self.ca_path)
-            ctx = _fresh.pop() if _fresh else tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stubs lack it
-            for der in ders:
-                try:
-                    ctx.load_verify_locations(der)
-                except ValueError:
-                    raise HttpError(E_CA, self.ca_path)
-            self._ctx = ctx
+            self._ctx = context(self.ca_path, _fresh)
         return self._ctx
 
     def request(self, method, host, port, path, headers=(), body=b"", max_body=1024, spill=None):
@@ -121,6 +147,8 @@ class Https:
         header names we keep: retry-after, content-type, location (values as bytes). `spill`:
         a bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
+        if self.pause is not None:
+            self.pause()
         ctx = self.context()
         key = (host, port)
         ai = self._addr.get(key)  # resolved once per host, forgotten when a request fails
@@ -143,10 +171,10 @@ class Https:
                 raise HttpError(E_TIMEOUT if e.errno in (_ETIMEDOUT, _EAGAIN) else E_CONNECT, host)
             # From here on the socket is non-blocking and each step waits in `poll` against a
             # deadline: the handshake and the request within three socket timeouts, then the
-            # answer within three more (see `_recv`). Blocking, a peer sending a byte at a time
+            # answer within three more (see `recv`). Blocking, a peer sending a byte at a time
             # could hold the device for hours, each byte inside the socket timeout.
             raw.setblocking(False)
-            limits = _limits(self.timeout_s)
+            lim = limits(self.timeout_s)
             self.handshakes += 1
             try:
                 s = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
@@ -154,14 +182,14 @@ class Https:
                 buf = self.buf
                 n = 0
                 for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
-                    n = _put(s, buf, n, piece, limits)
+                    n = _put(s, buf, n, piece, lim)
                 for piece in headers:
-                    n = _put(s, buf, n, piece, limits)
+                    n = _put(s, buf, n, piece, lim)
                 piece = b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                n = _put(s, buf, n, piece, limits)
-                _send(s, memoryview(buf)[:n], limits)
+                n = _put(s, buf, n, piece, lim)
+                send(s, memoryview(buf)[:n], lim)
                 if body:
-                    _send(s, body, limits)
+                    send(s, body, lim)
             except OSError as e:
                 # The request is not whole yet: the server cannot have acted on it. mbedTLS's
                 # errors are negative numbers: the handshake failed, not the connection. (No
@@ -191,7 +219,7 @@ class Https:
         buf = self.buf
         mv = memoryview(buf)
         size = len(buf)
-        limits = _limits(self.timeout_s)
+        lim = limits(self.timeout_s)
         # The head is parsed a line at a time and each line's bytes are let go of at once,
         # so the buffer holds the longest line, not the whole head; the body then starts at
         # the buffer's start. A line longer than the buffer is skipped (none we keep is).
@@ -216,7 +244,7 @@ class Https:
                 mv[: n - pos] = mv[pos:n]
                 n -= pos
                 pos = 0
-                got = _recv(s, mv[n:], limits)
+                got = recv(s, mv[n:], lim)
                 if not got:
                     raise HttpError(E_RESET, "head")
                 n += got
@@ -271,11 +299,11 @@ class Https:
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:
-            body = _read_chunked(s, buf, n, max_body, limits, spill)
+            body = _read_chunked(s, buf, n, max_body, lim, spill)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, mv, n, length, max_body, limits, spill)
+            body = _read_body(s, mv, n, length, max_body, lim, spill)
         return status, body, kept
 
 
@@ -284,19 +312,24 @@ def _put(s, buf, n, piece, limits):
     returns where it ends. A piece bigger than the whole buffer is sent as it is."""
     end = n + len(piece)
     if end > len(buf):
-        _send(s, memoryview(buf)[:n], limits)
+        send(s, memoryview(buf)[:n], limits)
         n, end = 0, len(piece)
         if end > len(buf):
-            _send(s, piece, limits)
+            send(s, piece, limits)
             return 0
     buf[n:end] = memoryview(piece) if isinstance(piece, str) else piece  # type: ignore[arg-type]
     return end
 
 
-def _limits(timeout_s):
-    """(deadline in ticks, longest wait for the peer in ms): three socket timeouts in all,
-    and never one without progress."""
-    return time.ticks_add(time.ticks_ms(), timeout_s * 3000), timeout_s * 1000
+def limits(timeout_s, lim=None):
+    """[deadline in ticks, longest wait for the peer in ms]: three socket timeouts in all,
+    and never one without progress. Filled in when `lim` is given, so arming allocates nothing
+    (the cloud link arms one for every keep-alive)."""
+    if lim is None:
+        lim = [0, 0]
+    lim[0] = time.ticks_add(time.ticks_ms(), timeout_s * 3000)
+    lim[1] = timeout_s * 1000
+    return lim
 
 
 def _left(limits):
@@ -316,9 +349,15 @@ def _wait(s, events, ms):
         raise HttpError(E_TIMEOUT, "silent")
 
 
-def _send(s, data, limits):
-    """All of `data` (a TLS write may take only part of it, or none yet: the handshake)."""
-    mv = memoryview(data)
+def send(s, data, limits):
+    """All of `data` (a TLS write may take only part of it, or none yet: the handshake). A
+    write taken whole at once allocates nothing."""
+    sent = s.write(data)
+    if sent == len(data):
+        return
+    if sent == 0:
+        raise HttpError(E_RESET, "write")
+    mv = memoryview(data)[sent or 0 :]
     while mv:
         ms = _left(limits)
         sent = s.write(mv)
@@ -331,7 +370,7 @@ def _send(s, data, limits):
         mv = mv[sent:]
 
 
-def _recv(s, mv, limits):
+def recv(s, mv, limits):
     """Into `mv`, what has arrived (at least a byte), or 0 at the end of the answer. The socket
     is non-blocking: a blocking read would wait for all of `mv` (MicroPython makes no short
     reads), so a server keeping the connection open after its answer, or sending a byte at a
@@ -364,7 +403,7 @@ def _read_body(s, mv, have, length, max_body, limits, spill):
             big = memoryview(_bigger(spill, have, want))[:want]
             big[:have] = mv
             mv = big
-        got = _recv(s, mv[have:want], limits)
+        got = recv(s, mv[have:want], limits)
         if not got:
             if length < 0:
                 return mv[:have]
@@ -421,7 +460,7 @@ def _more(s, buf, out, pos, end, max_body, limits, spill):
             big = _bigger(spill, end, size)
             big[:end] = buf
             buf = big
-    got = _recv(s, memoryview(buf)[end:], limits)
+    got = recv(s, memoryview(buf)[end:], limits)
     if not got:
         raise HttpError(E_RESET, "chunk")
     return buf, pos, end + got

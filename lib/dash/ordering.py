@@ -4,7 +4,7 @@ application when a slot decides to order, and dropped again.
 """
 
 from dash import fsm, result
-from dash.app import _describe, _drop, _lib
+from dash.app import describe, drop, lib
 
 
 def order(app, sl):
@@ -17,7 +17,7 @@ def order(app, sl):
             result.TRANSIENT,
             None,
             None,
-            _describe(e),
+            describe(e),
             None,
         )
     rec["fl"] = 0
@@ -32,7 +32,7 @@ def order(app, sl):
         # take that answer as ours.
         rec["unc"] = 1
         if sl.fsm.state == fsm.ORDERING:
-            _take(app, sl, result.TRANSIENT, None, None, _describe(e), None)
+            _take(app, sl, result.TRANSIENT, None, None, describe(e), None)
         else:
             app.persist()
 
@@ -125,8 +125,8 @@ def _replenish(app, sl):
         wait = app.duty_at - app.up_s
         if wait > 0:
             return result.TRANSIENT, None, None, "SubscriptionInfo backing off", b"%d" % wait
-        failed = _lib("duties").fetch_subscriptions(app)
-        _drop("duties")
+        failed = lib("duties").fetch_subscriptions(app)
+        drop("duties")
         if failed:
             app._duty_done(0, None, failed)  # its back-off holds device-wide, as a periodic one's
             return result.TRANSIENT, None, None, failed[1], failed[2]

@@ -112,6 +112,17 @@ def net_up(ssid, password, timeout_ms=20000):
     return True
 
 
+def unique_id():
+    """The board's own id (an ESP32's MAC address, in hex), or "" where there is none."""
+    if not ESP32:
+        return ""
+    from binascii import hexlify
+
+    import machine
+
+    return hexlify(machine.unique_id()).decode()
+
+
 def open_sensor(cfg):
     if cfg["kind"] == "adc":
         from dash.adc import AdcSensor  # its own module: only a board with one loads it

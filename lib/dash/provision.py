@@ -50,10 +50,9 @@ def forget_provisioned_token(root):
     if not isinstance(obj, dict) or "refresh_token" not in obj:
         return
     del obj["refresh_token"]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj))
-    os.rename(tmp, path)
+    from dash.store import replace
+
+    replace(path, json.dumps(obj))
 
 
 def exchange(tokens, https, url, code, redirect_uri, verifier):
@@ -233,6 +232,14 @@ def test_order(app, slot_id):
         return {"ok": False, "reason": "no slot %s" % slot_id}
     if sl.fsm.state == fsm.SUSPENDED:
         return {"ok": False, "reason": "slot suspended: " + sl.reason}
+    from dash.app import OPEN
+
+    st = sl.fsm.durable()
+    if st in OPEN:
+        # Its own order (or one it may have placed, or somebody else's) is open: a test order
+        # now would be taken for it, or turn it into somebody else's.
+        why = "slot %s has an order open (%s): wait for its delivery or cancellation"
+        return {"ok": False, "reason": why % (sl.id, fsm.name(st))}
     app.log("test-order", slot=sl.id)
     sl.fsm.state = fsm.ORDERING
     app.order(sl)

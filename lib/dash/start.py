@@ -3,7 +3,7 @@ so none of it is resident.
 """
 
 from dash import fsm
-from dash.app import _BACKOFF_STATES, STATE, Slot
+from dash.app import BACKOFF_STATES, STATE, Slot
 
 _BOOT_ONLY = (
     "region",
@@ -43,6 +43,8 @@ def boot(app, cfg, sec, errors, urls):
     net_up(*app.wifi)
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
+    if app.link is not None:
+        app.https.pause = app.link.pause  # one TLS session at a time
     try:
         app.https.context()
     except (HttpError, MemoryError):
@@ -171,7 +173,7 @@ def _restore_slot(app, sl):
             st = fsm.RETRY
             why = "the power went during the request"
             app.log("order-failed", slot=sl.id, reason=why, retry_in_s=rec["dr"], attempt=att + 1)
-    if st in _BACKOFF_STATES:
+    if st in BACKOFF_STATES:
         left = rec.get("dr", 0)
         now, dw = app.clock.wall(), rec.get("dw", 0)
         if now and dw:

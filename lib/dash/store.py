@@ -82,6 +82,15 @@ def _read(path):
     return unpack(raw)
 
 
+def replace(path, text):
+    """A plain file (config.json, secrets.json) replaced atomically: written to `.tmp`, closed,
+    renamed over it."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
 class Store:
     def __init__(self, root="."):
         self.root = root

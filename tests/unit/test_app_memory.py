@@ -165,18 +165,18 @@ def test_an_order_whose_code_cannot_be_loaded_backs_off():
     m.state = fsm.ORDERING
     sl = app_module.Slot({"slot_id": "a", "report_delta": 1}, None, None, m)
     app.slots.append(sl)
-    real = app_module._lib
+    real = app_module.lib
 
     def no_room(name):
         if name == "ordering":
             raise MemoryError
         return real(name)
 
-    app_module._lib = no_room
+    app_module.lib = no_room
     try:
         app.order(sl)
     finally:
-        app_module._lib = real
+        app_module.lib = real
     assert m.state == fsm.RETRY and app._left(sl) == 30
     assert any("order-failed" in line and "low memory" in line for line in got)
 

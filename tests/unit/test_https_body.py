@@ -115,18 +115,18 @@ def test_a_trust_store_that_cannot_be_read_leaves_the_context_made_at_import():
     if not https._fresh:
         https._fresh.append(tls.SSLContext(tls.PROTOCOL_TLS_CLIENT))
     ctx = https._fresh[0]
-    real = https.load_trust_store
+    real = https.ders
 
     def no_room(path):
         raise MemoryError
 
-    https.load_trust_store = no_room
+    https.ders = no_room
     try:
         https.Https("ca.pem", 3).context()
     except MemoryError:
         pass
     finally:
-        https.load_trust_store = real
+        https.ders = real
     assert https._fresh == [ctx]  # the next connection still has it, no 3 KB block to find
 
 
@@ -148,14 +148,14 @@ class Sink:
 def test_a_request_head_is_put_together_in_the_buffer_and_sent_when_it_is_full():
     s = Sink(5)
     buf = bytearray(8)
-    limits = https._limits(3)
+    limits = https.limits(3)
     n = https._put(s, buf, 0, b"GET ", limits)
     n = https._put(s, buf, n, "/a", limits)  # a str (a token, a path) goes in without a copy
     assert n == 6 and bytes(buf[:n]) == b"GET /a" and s.out == b""
     n = https._put(s, buf, n, "xyz", limits)  # does not fit: what is there goes first
     assert s.out == b"GET /a" and bytes(buf[:n]) == b"xyz"
     n = https._put(s, buf, n, b"0123456789", limits)  # bigger than the buffer: sent as it is
-    https._send(s, memoryview(buf)[:n], limits)
+    https.send(s, memoryview(buf)[:n], limits)
     assert n == 0 and s.out == b"GET /axyz0123456789"
 
 
@@ -186,7 +186,7 @@ def test_a_header_line_longer_than_the_buffer_is_skipped_when_it_is_not_one_we_k
 
 
 def test_a_write_that_takes_nothing_is_a_reset_not_a_hang():
-    assert err(lambda: https._send(Sink(0), b"abc", https._limits(3))) == E_RESET
+    assert err(lambda: https.send(Sink(0), b"abc", https.limits(3))) == E_RESET
 
 
 def test_interim_answers_are_passed_over_for_the_real_one():
