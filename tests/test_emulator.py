@@ -113,6 +113,8 @@ def test_certs_reused_and_complete(cert_dir):
         "wrongname_key",
         "rogue_ca",
         "rogue_ca_key",
+        "client",
+        "client_key",
         "rogue",
         "rogue_key",
         "ca_der",

@@ -14,7 +14,7 @@ A broker that is down or gives no PUBACK within `publish_timeout` makes the answ
 tries again: delivery is at least once, and the device drops a notificationId it has seen.
 Refused, with nothing published: a message type header that does not match the envelope
 (400), a bad envelope, Message that is not a JSON object, or a serial that is not 1-64
-characters of [A-Za-z0-9-+_] (400); a bad signature, a SigningCertURL or SubscribeURL that is
+characters of [A-Za-z0-9-_] (400); a bad signature, a SigningCertURL or SubscribeURL that is
 not https on an allowed host, a topic not in `topic_arns` when that is given (403). Allowed
 hosts: sns.<region>.amazonaws.com (and .com.cn) on port 443, and the `signing_hosts` given
 ("host:port", e.g. the DRS emulator's "localhost:<port>").
@@ -79,7 +79,8 @@ log = logging.getLogger("relay")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "dash"
 SNS_PATH = "/sns"
-DEVICE_ID = re.compile(r"[A-Za-z0-9+_-]{1,64}")
+# A DRS serial may hold "+" too, but that is a wildcard in MQTT: no topic can carry it.
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 COMMAND_ID = re.compile(r"[\x21-\x7e]{1,64}")
 KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 COMMAND_KINDS = ("state", "register", "deregister", "test-order", "config", "challenge")
@@ -873,7 +874,7 @@ def send_command(session, device, kind, args=None, prefix=PREFIX, timeout=10):
     """Publish one command with a fresh id to {prefix}/{device}/cmd/{kind}; return the
     device's answering event (a dict), None if none came within `timeout`."""
     if not DEVICE_ID.fullmatch(device):
-        raise ValueError(f"device id {device!r} is not 1-64 characters of [A-Za-z0-9-+_]")
+        raise ValueError(f"device id {device!r} is not 1-64 characters of [A-Za-z0-9-_]")
     if not KIND.fullmatch(kind) or kind == "relay":
         raise ValueError(f"command kind {kind!r}: one of {', '.join(COMMAND_KINDS)}")
     args = dict(args or {})
@@ -1092,7 +1093,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "command":
         if not DEVICE_ID.fullmatch(args.device):
-            ap.error(f"DEVICE {args.device!r} is not 1-64 characters of [A-Za-z0-9-+_]")
+            ap.error(f"DEVICE {args.device!r} is not 1-64 characters of [A-Za-z0-9-_]")
         if not KIND.fullmatch(args.kind) or args.kind == "relay":
             ap.error(f"KIND {args.kind!r}: one of {', '.join(COMMAND_KINDS)}")
     level = logging.INFO if args.verbose or args.cmd == "serve" else logging.WARNING

@@ -172,9 +172,13 @@ class Link:
                 self._connect()
             c = self.client
             while self.q and self._within(t0):
+                ev = self.q[0]
                 c.arm()
-                c.publish(self.base + b"event", self.q[0], False, 1)
-                self.q.pop(0)
+                c.publish(self.base + b"event", ev, False, 1)
+                # (A command taken while waiting for the PUBACK may have queued more, or let
+                # this one go from a full queue.)
+                if self.q and self.q[0] is ev:
+                    self.q.pop(0)
                 self.published += 1
             if self._within(t0) and self._state_due():
                 self._publish_state()

@@ -57,6 +57,12 @@ class Client(MQTTClient):
     # -- what umqtt.simple calls ---------------------------------------------------------
 
     def wrap_socket(self, raw, server_hostname=None):
+        # TCP_NODELAY (6, 1 on Linux and lwIP alike): umqtt writes a packet in pieces, and
+        # Nagle's algorithm would hold each piece for the broker's delayed ACK.
+        try:
+            raw.setsockopt(6, 1, 1)
+        except OSError:
+            pass  # slower, not wrong
         raw.setblocking(False)
         self._raw = raw
         s = raw
