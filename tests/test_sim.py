@@ -26,6 +26,12 @@ def test_sim_runs_end_to_end_and_summarises():
     assert summary["event_instance_id"].startswith("amzn1.dash.v2.o.ro.")
     assert summary["device_status_days"] == summary["simulated_days"] == 14
     assert all(p["slot_status_reports"] > 0 for p in per.values())
+    # The whole loop: device -> DRS -> SNS -> relay -> MQTT -> device.
+    mqtt = summary["mqtt"]
+    assert mqtt["published"] > 0 and mqtt["reconnects"] >= 0
+    assert mqtt["notifications_relayed"] >= 6  # an OrderPlaced for each order, a cancellation
+    assert mqtt["commands"] == mqtt["notifications_relayed"]  # each reached the device
+    assert mqtt["cancellations_notified"] == 1
     chart = REPO / summary["chart"]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20000
     text = "\n".join(lines)
@@ -39,5 +45,6 @@ def test_sim_runs_end_to_end_and_summarises():
         "token refreshed",
         "DeviceStatus sent",
         "SlotStatus sent",
+        "DRS notification (via MQTT)    OrderCancelled",
     ):
         assert milestone in text, milestone

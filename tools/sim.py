@@ -4,15 +4,20 @@ emulator, living through two simulated weeks of a washing machine with two consu
 The story. Detergent (a load cell, grams) and softener (an analog level, millilitres) drain
 as the machine runs. Detergent runs low first: the device confirms it, refreshes its LwA token
 and orders; the power fails the next night; the parcel ships, arrives, the tank is refilled.
-The softener's order is cancelled by the customer; the device learns it from GetOrderInfo and,
+The softener's order is cancelled by the customer; Amazon's notification reaches the device
+through the maker's cloud (SNS -> relay -> MQTT), the device asks GetOrderInfo at once and,
 still low, orders again. Next time the customer has already ordered detergent by hand, so DRS
 answers ORDER_INPROGRESS and the device backs off for hours instead of asking again. Later DRS
 has a bad hour (500s) and the device backs off with jitter. All along it sends DeviceStatus
 once a day and SlotStatus as contents are used.
 
+The whole loop is real: a mosquitto broker with TLS (tools/broker.py), the maker's relay
+(tools/relay.py) taking the emulator's signed SNS notifications over HTTPS, and the device's
+cloud link publishing its state and events and taking the relayed notifications.
+
 Prints a timeline and writes a chart (build/sim/levels.png), then one JSON summary line. Exit
 0 when the run went as a device should: one order per depletion (plus the one replacing the
-cancelled order), and the persisted ids match DRS's.
+cancelled order, learned from the notification), and the persisted ids match DRS's.
 """
 
 import json
@@ -23,9 +28,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from broker import CLOUD_USER, DEVICE_ID, Broker  # noqa: E402
 from certs import ensure_certs  # noqa: E402
 from devicectl import Device  # noqa: E402
 from drs_emulator import Emulator  # noqa: E402
+from relay import Relay  # noqa: E402
 
 REPO = HERE.parent
 OUT = REPO / "build" / "sim"
@@ -59,7 +66,7 @@ CONFIG = {
     "retry_base_s": 120,
     "retry_cap_s": HOUR,
     "http_timeout_s": 5,
-    "order_check_s": 4 * HOUR,
+    "order_check_s": 12 * HOUR,  # a cancellation is learned from its notification, not this
     "slot_status_min_s": 6 * HOUR,
     "slots": [
         {
@@ -101,8 +108,10 @@ SHOW = {
     "slot-status": "SlotStatus sent",
     "subscription": "subscription",
     "duty-failed": "periodic call failed",
+    "relay": "DRS notification (via MQTT)",
 }
-QUIET = ("order-info", "order-request")  # in the chart and summary, not the timeline
+# In the chart and summary, not the timeline.
+QUIET = ("order-info", "order-request", "command", "mqtt-up", "mqtt-down")
 
 
 def clock(t):
@@ -121,6 +130,8 @@ class Sim:
         self.seen = 0
         self.history = []  # (t, {slot: (amount, state)})
         self.marks = []  # (t, slot or None, tag, fields)
+        self.relay = None
+        self.link = dict.fromkeys(("published", "commands", "reconnects"), 0)  # earlier boots
 
     def set_amount(self, sid, v):
         s = SLOTS[sid]
@@ -180,6 +191,8 @@ class Sim:
                 detail = f["sent"]
             elif tag == "subscription":
                 detail = "subscribed" if f["subscribed"] else "NOT subscribed"
+            elif tag == "relay":
+                detail = f["type"]
             elif tag in ("suspended", "state-reset", "sensor-fault", "duty-failed"):
                 detail = f.get("reason") or f.get("fault", "")
             print("%s  %-10s %-30s %s" % (clock(t), sid or "device", label, detail))
@@ -194,8 +207,24 @@ class Sim:
         self.emu.mark_delivered(sid)
         self.set_amount(sid, SLOTS[sid]["capacity"])
 
+    def settle(self):
+        """Every notification sent so far through SNS, the relay and the broker to the device
+        (the cloud's part runs in real time, the device's in virtual time)."""
+        self.emu.sns_flush()
+        want = self.relay.notifications_relayed - self.link["relayed_before"]
+        have = self.dev.status()["mqtt"]["commands"]
+        if want > have:
+            got = self.dev.command("link-wait", "20000 %d" % (want - have))
+            if not got["arrived"]:
+                raise RuntimeError("relayed notifications did not reach the device: %r" % got)
+
     def power_cut(self):
         self.note("power cut and restart")
+        self.settle()
+        m = self.dev.status()["mqtt"]
+        for k in ("published", "commands", "reconnects"):
+            self.link[k] += m[k]
+        self.link["relayed_before"] = self.relay.notifications_relayed
         self.dev.kill()
         self.dev.events = []
         self.seen = 0
@@ -218,6 +247,7 @@ def story(sim, emu):
     sim.advance(DAY + 12 * HOUR)  # softener runs low on day 5
     sim.note("customer cancels the order on amazon", "softener")
     emu.cancel_order("softener")
+    sim.settle()  # Amazon's notification is on its way: SNS, the maker's relay, MQTT
     sim.advance(12 * HOUR)  # day 6: the device learns it and orders again
     sim.note("customer orders detergent by hand", "detergent")
     emu.place_order("detergent", "amzn1.dash.v2.o.ro.by-hand")
@@ -310,12 +340,36 @@ def _level_at(sim, sid, t):
 
 def run(workdir):
     certs = ensure_certs(str(REPO / "build" / "certs"))
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=tuple(SLOTS),
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-    ) as emu:
+    with (
+        Broker(Path(workdir) / "broker", certs=certs) as broker,
+        Emulator(
+            str(REPO / "build" / "certs"),
+            slots=tuple(SLOTS),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            device_serial=DEVICE_ID,
+        ) as emu,
+        Relay(
+            "localhost",
+            broker.ports["tls"],
+            certs["ca"],
+            CLOUD_USER,
+            broker.users[CLOUD_USER],
+            signing_hosts=("localhost:%d" % emu.port,),
+            fetch_ca=certs["ca"],
+            topic_arns=(emu.topic_arn,),
+        ) as relay,
+    ):
+        relay.wait_ready()
+        emu.sns_subscribe(relay.url, certs["ca"])
+        config = dict(CONFIG)
+        config["mqtt"] = {
+            "host": "localhost",
+            "port": broker.ports["tls"],
+            "username": DEVICE_ID,
+            "device_id": DEVICE_ID,
+            "timeout_s": 5,
+        }
         dev = Device(
             Path(workdir) / "device",
             certs["ca"],
@@ -323,9 +377,12 @@ def run(workdir):
             emu.add_refresh_token(),
             CLIENT_ID,
             CLIENT_SECRET,
-            config=CONFIG,
+            config=config,
+            secrets={"mqtt_password": broker.users[DEVICE_ID]},
         )
         sim = Sim(emu, dev)
+        sim.relay = relay
+        sim.link["relayed_before"] = 0
         for sid in SLOTS:
             sim.set_amount(sid, SLOTS[sid]["capacity"])
         dev.start()
@@ -335,12 +392,14 @@ def run(workdir):
                 "%s (low %d, high %d %s)" % (sid, s["low"], s["high"], s["unit"])
                 for sid, s in SLOTS.items()
             )
-            + "; a sample every 10 min"
+            + "; a sample every 10 min; its cloud link on a local MQTT broker"
         )
         print("%-13s %-10s %s" % ("time", "slot", "event"))
         sim.show_events()
         try:
             st = story(sim, emu)
+            sim.settle()
+            st = dev.run(STEP_S)
         finally:
             dev.stop()
         chart(sim, OUT / "levels.png")
@@ -380,6 +439,16 @@ def summarise(sim, emu, dev, st):
             and records[sid].get("ev") == (mine[-1]["event_instance_id"] if mine else None)
         )
     latest = max(SLOTS, key=lambda sid: records[sid].get("ot") or 0)
+    # A cancellation learned from its notification: the relay that matched it, then the
+    # order-cancelled it led to, with no GetOrderInfo poll due in between (12 h apart).
+    notified = 0
+    relayed_at = None
+    for t, _sid, tag, f in sim.marks:
+        if tag == "command" and f.get("cmd") == "relay" and f.get("matched"):
+            relayed_at = t
+        elif tag == "order-cancelled" and relayed_at is not None and t - relayed_at <= HOUR:
+            notified += 1
+            relayed_at = None
     summary = {
         "orders_placed": sum(p["orders_placed"] for p in per.values()),
         "event_instance_id": records[latest].get("ev"),
@@ -392,11 +461,19 @@ def summarise(sim, emu, dev, st):
         "simulated_days": sim.t // DAY,
         "chart": str((OUT / "levels.png").relative_to(REPO)),
         "slots": per,
+        "mqtt": {
+            "published": sim.link["published"] + st["mqtt"]["published"],
+            "commands": sim.link["commands"] + st["mqtt"]["commands"],
+            "notifications_relayed": sim.relay.notifications_relayed,
+            "reconnects": sim.link["reconnects"] + st["mqtt"]["reconnects"],
+            "cancellations_notified": notified,
+        },
     }
     # Detergent: three depletions, one covered by the customer's own order. Softener: two
     # depletions, the first order cancelled and replaced.
     ok = ok and per["detergent"]["orders_placed"] == 2 and per["softener"]["orders_placed"] == 3
     ok = ok and per["softener"]["cancelled"] == 1 and per["detergent"]["inprogress_answers"] >= 1
+    ok = ok and notified == 1 and summary["mqtt"]["notifications_relayed"] > 0
     print(json.dumps(summary))
     return 0 if ok else 1
 
