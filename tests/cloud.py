@@ -10,6 +10,9 @@ import time
 from broker import DEVICE_ID, Broker
 
 DEVICE_PW = "device-pw"
+# What may never be on a topic: LwA's tokens (the emulator's start so), the client secret, the
+# broker password, a private key.
+SECRETS = (b"Atza|", b"Atzr|", b"test-secret", DEVICE_PW.encode(), b"PRIVATE KEY")
 
 
 def mqtt_config(broker, listener="tls", **kw):
@@ -102,8 +105,12 @@ class Cloud:
             return b"\n".join(t.encode() + b" " + p for t, p, _ in self.msgs if "/cmd/" not in t)
 
     def close(self):
+        """Also checks that nothing the device published holds a secret."""
         self.c.loop_stop()
         self.c.disconnect()
+        text = self.text()
+        for secret in SECRETS:
+            assert secret not in text, secret
 
 
 def command(dev, cloud, kind, payload, n=1):

@@ -220,3 +220,51 @@ def test_provision_asks_for_the_secrets(board, emulator, certs, tmp_path):
         "wifi_password": "wifi-pass",
     }
     assert CLIENT_SECRET not in p.stdout and "wifi-pass" not in p.stdout
+
+
+def test_a_board_with_the_cloud_link_over_mutual_tls(board, emulator, certs, tmp_path, cloud):
+    # As on a stock ESP32, umqtt.simple is there without being deployed (the board emulator
+    # has it "frozen"); the link's files go on with `provision --file`.
+    from cloud import DEVICE_ID
+
+    dashctl(board, "deploy")
+    mqtt = {
+        "host": "localhost",
+        "port": cloud.broker.ports["mtls"],
+        "device_id": DEVICE_ID,
+        "client_cert": "client.pem",
+        "client_key": "client.key",
+        "timeout_s": 2,
+    }
+    cfg, sec = provision_files(tmp_path, emulator, mqtt=mqtt)
+    sec.write_text(
+        json.dumps(
+            {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "refresh_token": emulator.add_refresh_token(),
+            }
+        )
+    )
+    out = dashctl(
+        board,
+        "provision",
+        *("--config", str(cfg), "--secrets", str(sec), "--ca", certs["ca"]),
+        *(
+            "--file",
+            certs["client"] + ":client.pem",
+            "--file",
+            certs["client_key"] + ":client.key",
+        ),
+    ).stdout
+    assert "wrote client.pem" in out and "wrote client.key" in out
+    assert (board.flash / "client.key").read_bytes() == open(certs["client_key"], "rb").read()
+    (board.flash / "level.txt").write_text("100\n")
+    dashctl(board, "restart")
+    cloud.wait(lambda: cloud.events("order-placed"), 60)
+    assert (
+        cloud.events("order-placed")[0]["f"]["event_instance_id"]
+        == (emulator.orders[0]["event_instance_id"])
+    )
+    cloud.wait(lambda: (cloud.state() or {}).get("state") == "ordered", 60)
+    assert b"BEGIN" not in cloud.text()  # the key never leaves the board

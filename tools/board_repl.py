@@ -47,7 +47,10 @@ a minimal RTC (datetime() is kept as an offset; it does not move time.time()).
 Environment (set by boardemu.py): BOARDEMU_BOOT (power, hard, crash, soft), BOARDEMU_MODE
 (friendly, raw), BOARDEMU_CAUSE (machine.reset_cause()), BOARDEMU_TTY (the terminal to take
 as controlling terminal), BOARDEMU_CTRL (fd of the pipe to the host), BOARDEMU_HEAP (bytes of
-GC heap left free when boot.py starts, 0 = all), BOARDEMU_ROM_SIZE (bytes), BOARDEMU_BOARD.
+GC heap left free when boot.py starts, 0 = all), BOARDEMU_ROM_SIZE (bytes), BOARDEMU_BOARD,
+BOARDEMU_FROZEN (a host directory of the modules stock ESP32 firmware has frozen in and this
+unix port lacks, umqtt.simple: imported from there before the flash is mounted, so that they
+are there and the flash is not where they come from; unlike frozen code they take heap).
 """
 
 import gc
@@ -735,9 +738,21 @@ def _ballast(target):
     return keep
 
 
+def _frozen():
+    where = _env("BOARDEMU_FROZEN")
+    if where:
+        sys.path.insert(0, where)
+        try:
+            import umqtt.simple  # noqa: F401
+        except ImportError:
+            pass
+        sys.path.pop(0)
+
+
 def main():
     _idle()
     micropython.kbd_intr(3)  # SIGINT raises KeyboardInterrupt; the terminal decides when
+    _frozen()
     if _BOOT != "soft":
         cause = "0x1 (POWERON_RESET)" if _BOOT == "power" else "0xc (SW_CPU_RESET)"
         _out(("ets Jul 29 2019 12:21:46\r\n\r\nrst:%s," % cause).encode())

@@ -262,7 +262,7 @@ def load_config_rules():
     return config
 
 
-def ask_secrets():
+def ask_secrets(raw):
     print("secrets for the board (nothing you type here is shown or stored on this computer)")
     sec = {"client_id": input("LwA client id: ").strip()}
     s = getpass.getpass("LwA client secret (empty for a public PKCE client): ").strip()
@@ -272,10 +272,15 @@ def ask_secrets():
     if ssid:
         sec["wifi_ssid"] = ssid
         sec["wifi_password"] = getpass.getpass("Wi-Fi password: ")
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict) and mqtt.get("username"):
+        sec["mqtt_password"] = getpass.getpass("MQTT password for %s: " % mqtt["username"])
     return sec
 
 
-def provision(board, config_file, secrets_file, ca_file):
+def provision(board, config_file, secrets_file, ca_file, files=()):
+    """`files`: more files for the board (the broker's CA, a client certificate and its key),
+    each LOCAL or LOCAL:NAME on the board."""
     config = load_config_rules()
     try:
         raw = json.loads(Path(config_file).read_text())
@@ -288,15 +293,24 @@ def provision(board, config_file, secrets_file, ca_file):
             raise BoardError(
                 "%s: not readable JSON (%s)" % (secrets_file, type(e).__name__)
             ) from None
-    else:
-        sec = ask_secrets()
-    if not isinstance(raw, dict) or not isinstance(sec, dict):
+    if not isinstance(raw, dict):
+        raise BoardError("config and secrets must be JSON objects")
+    if not secrets_file:
+        sec = ask_secrets(raw)
+    if not isinstance(sec, dict):
         raise BoardError("config and secrets must be JSON objects")
     _, _, errors = config.validate(raw, sec)
     if errors:
         raise BoardError("nothing written:\n  " + "\n  ".join(errors))
     if ca_file and "-----BEGIN CERTIFICATE-----" not in Path(ca_file).read_text():
         raise BoardError("%s: no PEM certificate in it; nothing written" % ca_file)
+    extra = []
+    for spec in files:
+        local, _, name = spec.partition(":")
+        name = name or Path(local).name
+        if not Path(local).is_file() or "/" in name or name in ("config.json", "secrets.json"):
+            raise BoardError("--file %s: not a file, or not a plain name; nothing written" % spec)
+        extra.append((local, name))
     with tempfile.TemporaryDirectory() as d:
         cfg_path = Path(d) / "config.json"
         cfg_path.write_text(json.dumps(raw))
@@ -320,6 +334,9 @@ def provision(board, config_file, secrets_file, ca_file):
             ca_name = raw.get("ca_file", "ca.pem")
             args += ["+", "fs", "cp", str(ca_file), ":" + ca_name]
             said.append("wrote %s" % ca_name)
+        for local, name in extra:
+            args += ["+", "fs", "cp", local, ":" + name]
+            said.append("wrote %s" % name)
         board.mpremote(*args)
     return said
 
@@ -383,6 +400,13 @@ def main(argv=None):
     p.add_argument("--config", required=True)
     p.add_argument("--secrets")
     p.add_argument("--ca")
+    p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="LOCAL[:NAME]",
+        help="one more file for the board: the MQTT broker's CA, a client certificate, its key",
+    )
     sub.add_parser("challenge")
     p = sub.add_parser("register")
     p.add_argument("code", nargs="?")
@@ -403,7 +427,7 @@ def main(argv=None):
         if args.cmd == "deploy":
             print("\n".join(deploy(board, args.romfs)))
         elif args.cmd == "provision":
-            print("\n".join(provision(board, args.config, args.secrets, args.ca)))
+            print("\n".join(provision(board, args.config, args.secrets, args.ca, args.file)))
         elif args.cmd == "challenge":
             c = board.bench("challenge()")
             print(

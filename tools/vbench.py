@@ -118,11 +118,15 @@ def cycle(app, clock, cold):
         t0 = time.ticks_us()
         clock.due += app.step()
         us = time.ticks_diff(time.ticks_us(), t0)
+        t0 = time.ticks_us()
+        app.idle(0)  # the cloud link's turn, if there is one
+        link_us = time.ticks_diff(time.ticks_us(), t0)
         for i, sl in enumerate(app.slots):
             if sl.fsm.state in done and was[i] not in done:
                 return {
                     "state": fsm.name(sl.fsm.state),
                     "ms": us / 1000,
+                    "link_ms": link_us / 1000,
                     "handshakes": app.https.handshakes - hs,
                     "writes": app.store.writes - wr,
                     "bytes": app.store.bytes - by,

@@ -23,6 +23,7 @@ import time
 from micropython import const
 
 from dash.app import VERSION, describe, drop
+from dash.backoff import retry_delay_s
 
 _STABLE_MS = const(60000)  # up this long, a link's failures are forgiven
 _IDS = const(16)  # command ids remembered, against repeats
@@ -61,7 +62,7 @@ class Link:
     def __init__(self, app, m, password):
         """`m`: the checked "mqtt" object of config.json. ValueError (a config error's text)
         when a file it names cannot be used or the device has no id."""
-        from dash.https import HttpError, context
+        from dash.https import HttpError, context, ders
         from dash.mqtt import Client
         from dash.platform import unique_id
 
@@ -72,14 +73,18 @@ class Link:
         self.device_id = dev
         self.base = ("%s/%s/" % (m["topic_prefix"], dev)).encode()
         ctx = None
+        self.ca = None  # the trust store's path, while the context is yet to be made
         if m["transport"] == "tls":
+            ca = app._path(m["ca_file"])
             try:
-                ctx = context(
-                    app._path(m["ca_file"]),
-                    None,
-                    m["client_cert"] and app._path(m["client_cert"]),
-                    m["client_key"] and app._path(m["client_key"]),
-                )
+                if m["client_cert"]:
+                    # A context of its own: it holds the client's certificate and key.
+                    ctx = context(
+                        ca, None, app._path(m["client_cert"]), app._path(m["client_key"])
+                    )
+                else:
+                    ders(ca)  # readable now: a config error at boot, not a failure later
+                    self.ca = ca
             except HttpError as e:
                 key = "ca_file"
                 for k in ("client_cert", "client_key"):
@@ -204,12 +209,21 @@ class Link:
     def _connect(self):
         c = self.client
         app = self.app
+        if self.ca is not None:
+            # With the transport's trust store, the transport's context (3 KB of heap less).
+            https = app.https if app.running else None
+            if https is not None and https.ca_path == self.ca:
+                c.ctx = https.context()
+            else:
+                from dash.https import context
+
+                c.ctx = context(self.ca)
+            self.ca = None
         try:
+            # One deadline for all of it (armed in `open`): a connect ends within it.
             present = c.open()
-            c.arm()
             if not present:
                 c.subscribe(self.base + b"cmd/#", 1)
-            c.arm()
             hello = '{"online": true, "device_id": "%s", "fw": "%s"}' % (self.device_id, VERSION)
             c.publish(self.base + b"online", hello.encode(), True, 1)
         except Exception:
@@ -225,8 +239,6 @@ class Link:
             app.log("mqtt-up", after_failures=self.failures)
 
     def _down(self, e):
-        from dash.backoff import retry_delay_s
-
         app = self.app
         self.client.drop(False)  # broken: no DISCONNECT, so the broker says the last will
         self.up = False
@@ -234,7 +246,10 @@ class Link:
         delay = retry_delay_s(self.failures, self.retry[0], self.retry[1], app.rand())
         self.failures += 1
         self.retry_at = app.clock.ticks_add(app.clock.ticks_ms(), delay * 1000)
-        app.log("mqtt-down", reason=_why(e), retry_in_s=delay, attempt=self.failures)
+        try:
+            app.log("mqtt-down", reason=_why(e), retry_in_s=delay, attempt=self.failures)
+        except MemoryError:
+            pass  # backing off is what matters
 
     def _forgive(self):
         """A link that stayed up a while starts its next back-off from the beginning."""
