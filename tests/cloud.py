@@ -153,6 +153,10 @@ class Silent:
 
     def close(self):
         self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept(): the port closes now
+        except OSError:
+            pass
         self.sock.close()
         for c in self.conns:
             c.close()

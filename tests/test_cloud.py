@@ -5,6 +5,9 @@ silent, trickling or hostile: the device keeps ordering exactly as it would with
 
 import json
 import shutil
+import socket
+import threading
+import time
 
 import pytest
 from cloud import DEVICE_ID, DEVICE_PW, Cloud, Silent, Trickle, command, mqtt_config
@@ -85,14 +88,22 @@ def test_mutual_tls_with_a_client_certificate(link_device, broker, cloud, certs)
     cloud.wait(lambda: cloud.events("order-placed"))
 
 
-def test_a_client_key_that_cannot_be_read_is_a_config_error(link_device, broker, emulator):
+def test_a_link_that_cannot_start_is_said_and_the_device_orders_without_it(
+    link_device, broker, emulator
+):
     m = mqtt_config(broker, "mtls", client_cert="client.pem", client_key="nokey.pem")
     dev = link_device(mqtt=m).start()
-    assert dev.boot_ok is False
+    assert dev.boot_ok is True
     errors = [e["message"] for e in dev.tagged("config-error")]
     assert any("'mqtt.client_key'" in e and "nokey.pem" in e for e in errors), errors
-    drain(dev)
-    assert emulator.requests == []
+    assert dev.tagged("mqtt-off")
+    assert drain(dev)["state"] == "ordered" and len(emulator.orders) == 1
+    # An mqtt object the rules refuse: the same.
+    dev.stop()
+    bad = link_device(mqtt=mqtt_config(broker, keepalive_s=1)).start()
+    assert bad.boot_ok is True
+    assert any("'mqtt.keepalive_s'" in e["message"] for e in bad.tagged("config-error"))
+    assert "mqtt" not in bad.status()
 
 
 def test_an_untrusted_broker_gets_nothing_and_ordering_goes_on(link_device, broker, cloud):
@@ -111,13 +122,14 @@ def test_plain_tcp_only_when_the_config_names_it(link_device, broker, cloud):
     dev.run(5 * MIN)
     assert dev.status()["mqtt"]["connects"] == 0
     dev.stop()
-    plain = link_device("plain").start()
+    plain = link_device("plain", secrets={}).start()  # a password would cross in clear
     plain.run(5 * MIN)
     assert plain.status()["mqtt"]["connected"]
     cloud.wait(lambda: cloud.on("dash/%s/online" % DEVICE_ID))
 
 
 def test_a_wrong_password_is_refused_by_the_broker_and_backs_off(link_device, broker):
+    # (what each failure says: test_each_failure_says_what_failed)
     dev = link_device(secrets={"mqtt_password": "wrong"}).start()
     dev.run(10 * MIN)
     downs = dev.tagged("mqtt-down")
@@ -450,3 +462,173 @@ def test_the_steady_loop_with_the_link_up_allocates_nothing(link_device, broker,
     got = dev.command("steady", "30")
     assert got["alloc_bytes"] == 0 and got["heap_locked_ok"], got
     assert dev.status()["mqtt"]["connected"]
+
+
+def test_thresholds_never_change_under_an_open_order(link_device, cloud, emulator):
+    dev = link_device().start()
+    st = drain(dev)
+    assert st["state"] == "ordered"
+    # A 'high' under the level would make it a refill and close the episode with its order
+    # out; put back, the same depletion would order again.
+    command(dev, cloud, "config", {"id": "k-1", "set": {"low": 40, "high": 90}})
+    command(dev, cloud, "config", {"id": "k-2", "set": {"sample_s": 120}})
+    cloud.wait(lambda: len(cloud.commands()) >= 2)
+    refused, timing = cloud.commands()[:2]
+    assert not refused["ok"] and "slot-a has an order open (ordered)" in refused["reason"]
+    assert timing["ok"]
+    assert json.loads((dev.root / "config.json").read_text())["high"] == 800
+    emulator.mark_delivered("slot-a")
+    dev.run(8 * HOUR)
+    assert not dev.tagged("refilled") and len(emulator.requests_to("/replenish/")) == 1
+
+
+def test_a_config_command_on_a_device_that_cannot_start_says_so(link_device, cloud):
+    sensor = {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000}
+    slots = [
+        {"slot_id": "slot-a", "low": 200, "high": 800, "sensor": sensor},
+        {"slot_id": "slot-b", "low": 200, "high": 800, "sensor": dict(sensor, kind="adc")},
+    ]
+    dev = link_device(config={"slots": slots}).start()  # no ADC on this board
+    assert dev.boot_ok is False
+    dev.run(MIN)
+    for i in range(2):
+        command(dev, cloud, "config", {"id": "c-%d" % i, "set": {"sample_s": 60 + i}})
+    cloud.wait(lambda: len(cloud.commands()) >= 2)
+    assert all("cannot start" in c["reason"] for c in cloud.commands())
+    assert dev.status()["slots"] == []  # not two half-made copies of slot-a
+
+
+def test_a_relayed_notification_without_an_id_is_refused(link_device, cloud, emulator):
+    dev = link_device().start()
+    drain(dev)
+    msg = notification("SubscriptionChanged", emulator)
+    del msg["notificationInfo"]["notificationId"]
+    n = len(emulator.requests_to("/subscriptionInfo"))
+    command(dev, cloud, "relay", msg)
+    dev.run(HOUR)
+    cloud.wait(lambda: cloud.commands())
+    assert cloud.commands()[0]["reason"].startswith("no notificationId")
+    assert len(emulator.requests_to("/subscriptionInfo")) == n
+
+
+class LoseFirstSubscribe(Silent):
+    """In front of the plain listener: on the first connection, what the device sends after
+    its CONNECT is lost (the SUBSCRIBE, say, on a link that just went bad)."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.first = True
+        super().__init__()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.conns += [c, up]
+            lose = self.first
+            self.first = False
+            threading.Thread(target=self._pipe, args=(c, up, lose), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, c, False), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, lose):
+        n = 0
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                n += 1
+                if not lose or n == 1:  # the CONNECT goes, the rest does not
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_subscription_lost_on_the_way_is_made_again(link_device, broker, cloud):
+    proxy = LoseFirstSubscribe(broker.ports["plain"])
+    try:
+        m = mqtt_config(broker, proxy.port, transport="plain", timeout_s=1, retry_base_s=1)
+        dev = link_device(mqtt=m, secrets={}).start()
+        dev.run(2 * MIN)  # the first session has no subscription; the next connect makes it
+        assert dev.tagged("mqtt-down") and dev.status()["mqtt"]["connected"]
+        cloud.send("state", {"id": "s-1"})
+        assert dev.command("link-wait", "10000")["arrived"]
+    finally:
+        proxy.close()
+
+
+class Throttle(Silent):
+    """In front of the broker: the broker's bytes reach the device at `rate` bytes a second."""
+
+    def __init__(self, upstream_port, rate):
+        self.upstream = upstream_port
+        self.rate = rate
+        super().__init__()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.conns += [c, up]
+            threading.Thread(target=self._pipe, args=(c, up, 0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, c, self.rate), daemon=True).start()
+
+    def _pipe(self, src, dst, rate):
+        try:
+            while not self._stop:
+                data = src.recv(4096)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)  # the slow link's pace, not a wait for it
+        except OSError:
+            pass
+        for sock in (src, dst):
+            sock.close()
+
+
+def test_a_message_too_big_to_read_in_time_does_not_stop_the_link_for_good(
+    link_device, broker, cloud
+):
+    proxy = Throttle(broker.ports["tls"], 200_000)  # 3 MB take 15 s; the deadline is 3 s
+    try:
+        m = mqtt_config(broker, proxy.port, timeout_s=1, retry_base_s=1, retry_cap_s=5)
+        dev = link_device(mqtt=m).start()
+        dev.run(MIN)
+        cloud.send("state", b"x" * (3 << 20))
+        assert not dev.command("link-wait", "5000")["arrived"]  # it cannot be read in time
+        assert "timeout" in dev.tagged("mqtt-down")[-1]["reason"]
+        dev.run(MIN)  # the next session is a new one, without the message
+        assert dev.status()["mqtt"]["connected"]
+        cloud.send("state", {"id": "after"})
+        assert dev.command("link-wait", "20000")["arrived"]
+        dev.run(MIN)
+        cloud.wait(lambda: any(c.get("id") == "after" for c in cloud.commands()))
+    finally:
+        proxy.close()
+
+
+def test_each_failure_says_what_failed(link_device, broker):
+    closed = Silent()
+    closed.close()
+    cases = {
+        "dns": mqtt_config(broker, host="no-such-host.invalid"),
+        "connect": mqtt_config(broker, closed.port),
+        "tls": mqtt_config(broker, "rogue"),
+        "broker refused the connection: code 5": mqtt_config(broker),  # not authorised
+    }
+    for want, m in cases.items():
+        secrets = {"mqtt_password": "wrong" if want.startswith("broker") else DEVICE_PW}
+        dev = link_device(mqtt=m, secrets=secrets).start()
+        dev.run(MIN)
+        reason = dev.tagged("mqtt-down")[0]["reason"]
+        dev.stop()
+        assert reason.startswith(want), (want, reason)

@@ -6,7 +6,8 @@ Listeners (ports in `Broker.ports`):
   tls     TLS with the test server certificate; username and password
   mtls    TLS that requires a client certificate signed by the test CA; the certificate's
           common name is the username (mutual TLS, as AWS IoT Core does it)
-  plain   plain TCP; username and password (a broker on the bench)
+  plain   plain TCP, no password (a broker on the bench: it would cross in clear); the ACL
+          names a device by its client id
   rogue   TLS with a certificate from a CA nobody trusts
 
 Users: `cloud` may use every topic; a device (its username is its device id) may publish under
@@ -105,15 +106,17 @@ class Broker:
             % (CLOUD_USER, self.prefix, self.prefix)
         )
         acl.chmod(0o600)
+        anon = self.dir / "acl-anonymous"
+        anon.write_text(
+            "pattern write %s/%%c/#\npattern read %s/%%c/cmd/#\n" % (self.prefix, self.prefix)
+        )
+        anon.chmod(0o600)
         c = self.certs
         lines = [
             # Run as root, mosquitto would switch to user `mosquitto`, who cannot read our files.
             "user %s" % pwd.getpwuid(os.getuid()).pw_name,
-            "per_listener_settings false",
-            "allow_anonymous false",
+            "per_listener_settings true",
             "persistence false",
-            "password_file %s" % pw,
-            "acl_file %s" % acl,
             "log_dest file %s" % self.log,
             "log_type error",
             "log_type warning",
@@ -125,15 +128,22 @@ class Broker:
             lines.append("")
             lines.append("listener %d 127.0.0.1" % self.ports[name])
             if name == "plain":
+                # A bench broker: no password (it would cross in clear), the client id as the
+                # device's name in the ACL.
+                lines += ["allow_anonymous true", "acl_file %s" % anon]
                 continue
             leaf = "rogue" if name == "rogue" else "server"
             lines += [
                 "cafile %s" % c["ca"],
                 "certfile %s" % c[leaf],
                 "keyfile %s" % c[leaf + "_key"],
+                "allow_anonymous false",
+                "acl_file %s" % acl,
             ]
             if name == "mtls":
                 lines += ["require_certificate true", "use_identity_as_username true"]
+            else:
+                lines.append("password_file %s" % pw)
         conf = self.dir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

@@ -175,21 +175,28 @@ class App:
         # is then not strewn through where they were, cutting the free heap into pieces.
         config = lib("config")
         cfg, sec, errors = config.load(self.root)
+        # The cloud link's own trouble is reported (below) and never stops ordering.
+        off = cfg.pop("mqtt_errors", ())
+        errors = [e for e in errors if e not in off]
         urls = None
         if not errors:
             urls = (config.parse_url(cfg["drs_url"]), config.parse_url(cfg["lwa_url"]))
         del config
         drop("config")
         lib("https")  # first: its buffer and TLS context are big blocks
+        # The cloud link: up even when the rest of the config is bad (it reports what is wrong).
         mq = cfg.get("mqtt")
         if mq is not None and self.link is None:
-            # Up even when the rest of the config is bad: it reports what is wrong.
             try:
                 self.link = lib("cloud").Link(self, mq, sec.get("mqtt_password", ""))
             except ValueError as e:  # a file it cannot read, a board without an id
-                errors.append(e.args[0])
+                off = [e.args[0]]
             except Exception as e:  # noqa: BLE001 - no memory for it, say
-                errors.append("config.json: 'mqtt': the link cannot start (%s)" % describe(e))
+                off = ["config.json: 'mqtt': the link cannot start (%s)" % describe(e)]
+        for msg in off:
+            self.log("config-error", message=msg)
+        if off:
+            self.log("mqtt-off", reason="see the config-error above; the device orders without")
         # Then the rest of the resident code, below start-up's, which is dropped after boot:
         # the room it leaves is then in one piece above what stays, not holes between it.
         from dash import platform, signal, store, tokens  # noqa: F401
@@ -576,10 +583,13 @@ def main():
         try:
             if app.running:
                 wait = app.step()
-            app.idle(wait)
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
             try:
                 app.log("error", reason=describe(e))
             except MemoryError:
                 pass  # no room even to say why: the next step is the next try
-            clock.sleep_ms(_IDLE_MS)
+            wait = _IDLE_MS
+        try:
+            app.idle(wait)  # the cloud link still works: a command may fix what is wrong
+        except Exception:  # noqa: BLE001 - the link reports its own; never a crash here
+            clock.sleep_ms(_SLICE_MS)

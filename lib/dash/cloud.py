@@ -19,6 +19,7 @@ and the next turn reconnects: one TLS session at a time.
 """
 
 import time
+from binascii import crc32
 
 from micropython import const
 
@@ -123,14 +124,17 @@ class Link:
         self._lost = False
         self.failures = 0  # failed connects or sessions in a row: the back-off's attempt
         self.up = False
+        self.subscribed = False  # this boot: the broker's session may have lost it
+        self.clean = False  # the next connect starts a new session (see `_down`)
+        self._sending = None  # the event being published
         now = app.clock.ticks_ms()
         self.retry_at = now
         self.up_at = now
         self.state_at = now
         self.dirty = True  # the state is to be published
         self.levels: list = []  # the slots' levels as last published
-        self.ids = [0] * _IDS  # checksums of command ids taken lately
-        self.idi = 0
+        self._ids = [0] * _IDS  # checksums of command ids taken lately (`seen`)
+        self._idi = 0
         self.longest_ms = 0  # the longest turn so far (real time): the budget, measured
         self._cmds = False  # `commands` loaded during this turn
 
@@ -153,7 +157,8 @@ class Link:
             self.dropped += 1
             return
         if len(self.q) > self.qmax:
-            self.q.pop(0)
+            # The oldest goes, unless it is on its way out (its acknowledgement awaited).
+            self.q.pop(1 if self.q[0] is self._sending else 0)
             self.dropped += 1
 
     def pause(self):
@@ -177,13 +182,12 @@ class Link:
                 self._connect()
             c = self.client
             while self.q and self._within(t0):
-                ev = self.q[0]
+                # (A command taken while the PUBACK is awaited may queue more events.)
+                self._sending = self.q[0]
                 c.arm()
-                c.publish(self.base + b"event", ev, False, 1)
-                # (A command taken while waiting for the PUBACK may have queued more, or let
-                # this one go from a full queue.)
-                if self.q and self.q[0] is ev:
-                    self.q.pop(0)
+                c.publish(self.base + b"event", self._sending, False, 1)
+                self.q.pop(0)
+                self._sending = None
                 self.published += 1
             if self._within(t0) and self._state_due():
                 self._publish_state()
@@ -192,6 +196,7 @@ class Link:
                 pass
             self._forgive()
         except Exception as e:  # noqa: BLE001 - a hostile or broken broker, or a bug
+            self._sending = None
             self._down(e)
         finally:
             if self._cmds:
@@ -202,6 +207,14 @@ class Link:
                 self.longest_ms = ms
 
     # -- inside -----------------------------------------------------------------------------
+
+    def seen(self, cid):
+        """True when a command (or notification) with this id was taken lately."""
+        return crc32(cid) & 0x3FFFFFFF in self._ids
+
+    def remember(self, cid):
+        self._ids[self._idi] = crc32(cid) & 0x3FFFFFFF
+        self._idi = (self._idi + 1) % _IDS
 
     def _within(self, t0):
         return time.ticks_diff(time.ticks_ms(), t0) < self.budget_ms
@@ -221,9 +234,12 @@ class Link:
             self.ca = None
         try:
             # One deadline for all of it (armed in `open`): a connect ends within it.
-            present = c.open()
-            if not present:
+            present = c.open(self.clean)
+            self.clean = False
+            if not present or not self.subscribed:
+                self.subscribed = False
                 c.subscribe(self.base + b"cmd/#", 1)
+                self.subscribed = True
             hello = '{"online": true, "device_id": "%s", "fw": "%s"}' % (self.device_id, VERSION)
             c.publish(self.base + b"online", hello.encode(), True, 1)
         except Exception:
@@ -240,6 +256,10 @@ class Link:
 
     def _down(self, e):
         app = self.app
+        if self.client.reading:
+            # A message that could not be read within its deadline is never acknowledged, and
+            # the broker would send it again at each reconnect: a new session drops it.
+            self.clean = True
         self.client.drop(False)  # broken: no DISCONNECT, so the broker says the last will
         self.up = False
         self._lost = True
@@ -304,7 +324,10 @@ def _why(e):
     if isinstance(e, HttpError):
         return "%s (%s)" % (error_name(e.args[0]), e.args[1] if len(e.args) > 1 else "")
     if type(e).__name__ == "MQTTException":
-        return "broker refused the connection: code %s" % (e.args[0] if e.args else "?")
+        code = e.args[0] if e.args else 0
+        if code == 0x80:
+            return "broker refused the subscription (its ACL?)"
+        return "broker refused the connection: code %d" % code
     if isinstance(e, OSError):
         return "network: %s" % e
     return describe(e)

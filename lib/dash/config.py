@@ -311,8 +311,8 @@ def validate(raw, secrets):
 
 
 def _check_mqtt(src, cfg, sec, errors):
-    """The cloud link's settings; cfg["mqtt"] is set only when they are all good, so that the
-    link can still report the rest of a bad config."""
+    """The cloud link's settings: cfg["mqtt"] when they are all good (so that the link can
+    report the rest of a bad config), else cfg["mqtt_errors"], their share of `errors`."""
     bad: list = []
     m: dict = {}
     if not isinstance(src, dict):
@@ -330,8 +330,13 @@ def _check_mqtt(src, cfg, sec, errors):
             bad.append("%s: 'mqtt.client_cert' needs 'mqtt.transport' tls" % CONFIG)
         if sec.get("mqtt_password") and not m.get("username"):
             bad.append("%s: 'mqtt_password' is set, but 'mqtt.username' is not" % SECRETS)
+        if sec.get("mqtt_password") and plain:
+            bad.append("%s: 'mqtt_password' would go in clear over plain TCP" % SECRETS)
+        if m.get("retry_cap_s", 0) < m.get("retry_base_s", 0):
+            bad.append("%s: 'mqtt.retry_cap_s' must not be below 'mqtt.retry_base_s'" % CONFIG)
     if bad:
         errors.extend(bad)
+        cfg["mqtt_errors"] = bad  # the device orders without the link: see `App.boot`
     else:
         cfg["mqtt"] = m
 

@@ -18,7 +18,18 @@ import time
 from micropython import const
 from umqtt.simple import MQTTClient
 
-from dash.https import E_PROTO, E_RESET, E_TIMEOUT, E_TLS, HttpError, limits, recv, send
+from dash.https import (
+    E_CONNECT,
+    E_DNS,
+    E_PROTO,
+    E_RESET,
+    E_TIMEOUT,
+    E_TLS,
+    HttpError,
+    limits,
+    recv,
+    send,
+)
 
 TYPE_CHECKING = False  # the type checker reads it as True: names for annotations only
 if TYPE_CHECKING:
@@ -48,11 +59,17 @@ class Client(MQTTClient):
         self.sent_ms = time.ticks_ms()  # when a packet last went out: keep-alives count from it
         self._ping_ms = self.sent_ms  # when the PINGREQ went out, while `_pinged`
         self._pinged = False  # a PINGREQ is unanswered
+        self.reading = False  # in the middle of an incoming message
 
     def arm(self):
         """The deadline of one operation (a connect, a publish with its acknowledgement, one
         incoming packet) starts now."""
         limits(self.timeout_s, self._lim)
+        if self.pid > 65530:
+            # umqtt counts packet ids up without end, and packs them into 16 bits: past 65535
+            # they would wrap to 0 (no id) and no acknowledgement would match again. An
+            # operation takes at most two.
+            self.pid = 0
 
     # -- what umqtt.simple calls ---------------------------------------------------------
 
@@ -95,6 +112,7 @@ class Client(MQTTClient):
                     pass
         self._s = self._raw = self.sock = None
         self._pinged = False
+        self.reading = False
 
     def wait_msg(self):
         """One packet, waiting for it (umqtt's publish() and subscribe() wait here for their
@@ -103,21 +121,28 @@ class Client(MQTTClient):
 
     # -- ours ----------------------------------------------------------------------------
 
-    def open(self):
+    def open(self, clean=False):
         """TCP connect (its own timeout), TLS handshake and CONNECT/CONNACK within one
-        deadline. True when the broker kept our session (and our subscription)."""
+        deadline. True when the broker kept our session (and our subscription). `clean`: a
+        new session, whatever the broker kept for us."""
         self.arm()
         try:
-            return self.connect(False, self.timeout_s)
+            return self.connect(clean, self.timeout_s)
         except ValueError as e:  # mbedTLS: the certificate or the host name is not good
             self.close()
             raise HttpError(E_TLS, str(e).strip())
         except OSError as e:
             self.close()
-            code = e.errno or 0
-            if code < 0:  # mbedTLS's errors are negative: the handshake failed
+            code = e.errno
+            if self._raw is None:
+                # Before the handshake: the name lookup (its errors are text on the unix port,
+                # negative on an ESP32) or the TCP connect (out of time: ETIMEDOUT or EAGAIN).
+                if not isinstance(code, int) or code < 0:
+                    raise HttpError(E_DNS, self.server)
+                raise HttpError(E_TIMEOUT if code in (110, 11) else E_CONNECT, self.server)
+            if isinstance(code, int) and code < 0:  # mbedTLS's errors: the handshake failed
                 raise HttpError(E_TLS, "handshake %d" % code)
-            raise
+            raise HttpError(E_RESET, self.server)
         except BaseException:
             self.close()
             raise
@@ -174,6 +199,7 @@ class Client(MQTTClient):
         size = n - 2 - tl - (2 if qos else 0)
         if size < 0:
             raise HttpError(E_PROTO, "mqtt publish")
+        self.reading = True  # until it is read and acknowledged
         mv = memoryview(self.inbox)
         topic = payload = None
         if tl < len(mv):
@@ -193,6 +219,7 @@ class Client(MQTTClient):
         self.cb(topic, payload, op & 1, size)
         if qos:
             self.write(self._ack)
+        self.reading = False
         return op
 
     def _byte(self):

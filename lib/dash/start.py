@@ -13,6 +13,7 @@ _BOOT_ONLY = (
     "http_timeout_s",
     "token_margin_s",
     "slots",
+    "mqtt",  # the link keeps what it needs
 )
 
 
@@ -26,6 +27,7 @@ def boot(app, cfg, sec, errors, urls):
         app.log("suspended", reason="config", hint="fix the files above, then reset")
         return False
     drs_url, lwa_url = urls
+    app.reason = ""
     from dash.https import HttpError, Https
     from dash.platform import net_up, open_sensor
     from dash.signal import Signal
@@ -51,6 +53,7 @@ def boot(app, cfg, sec, errors, urls):
         pass  # the first request tries again, and reports it
     app.warm = unpack(app.rtc.read())[0] or {}
     app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
+    slots = []  # the app's only once all of them could be made
     for sc in cfg["slots"]:  # each Slot keeps what it needs of its part
         s = sc["sensor"]
         if s["kind"] == "file":
@@ -72,7 +75,8 @@ def boot(app, cfg, sec, errors, urls):
         except Exception as e:  # noqa: BLE001 - a pin without an ADC, a board without any
             why = "config.json: slot '%s': its sensor cannot be opened on this board (%s %s)"
             return boot(app, cfg, sec, [why % (sc["slot_id"], type(e).__name__, e)], urls)
-        app.slots.append(Slot(sc, sensor, signal, machine))
+        slots.append(Slot(sc, sensor, signal, machine))
+    app.slots = slots
     app.refingerprint()
     restore(app)
     now = app.clock.wall()
