@@ -403,6 +403,8 @@ class App:
         elif old == fsm.FAULT:
             self.log("sensor-ok", slot=sl.id, level=level)
         self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
+        if self.link is not None:
+            self.link.dirty = True  # the cloud's retained state is behind
         if new == fsm.MONITOR and (old if was < 0 else was) in OPEN:
             if level >= sl.fsm.high:
                 self.log("refilled", slot=sl.id, level=level)

@@ -131,7 +131,7 @@ class Link:
         self.retry_at = now
         self.up_at = now
         self.state_at = now
-        self.dirty = True  # the state is to be published
+        self.dirty = True  # the state is to be published (a state changed, an event was made)
         self.levels: list = []  # the slots' levels as last published
         self._ids = [0] * _IDS  # checksums of command ids taken lately (`seen`)
         self._idi = 0
@@ -191,9 +191,10 @@ class Link:
                 self.published += 1
             if self._within(t0) and self._state_due():
                 self._publish_state()
-            c.keep(self.keepalive_ms)
             while self._within(t0) and c.poll():
                 pass
+            if self._within(t0):  # (after reading: a PINGRESP that came is seen first)
+                c.keep(self.keepalive_ms)
             self._forgive()
         except Exception as e:  # noqa: BLE001 - a hostile or broken broker, or a bug
             self._sending = None
@@ -206,7 +207,7 @@ class Link:
             if ms > self.longest_ms:
                 self.longest_ms = ms
 
-    # -- inside -----------------------------------------------------------------------------
+    # -- for `commands` -------------------------------------------------------------------
 
     def seen(self, cid):
         """True when a command (or notification) with this id was taken lately."""
@@ -215,6 +216,8 @@ class Link:
     def remember(self, cid):
         self._ids[self._idi] = crc32(cid) & 0x3FFFFFFF
         self._idi = (self._idi + 1) % _IDS
+
+    # -- inside -----------------------------------------------------------------------------
 
     def _within(self, t0):
         return time.ticks_diff(time.ticks_ms(), t0) < self.budget_ms
@@ -308,7 +311,6 @@ class Link:
     def _message(self, topic, payload, retained, size):
         """A message on the command topic (from inside `mqtt`): `commands` takes it."""
         self.commands += 1
-        self.dirty = True
         try:
             from dash import commands
 

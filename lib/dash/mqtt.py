@@ -132,9 +132,10 @@ class Client(MQTTClient):
             self.close()
             raise HttpError(E_TLS, str(e).strip())
         except OSError as e:
+            before = self._raw is None  # no socket yet to wrap
             self.close()
             code = e.errno
-            if self._raw is None:
+            if before:
                 # Before the handshake: the name lookup (its errors are text on the unix port,
                 # negative on an ESP32) or the TCP connect (out of time: ETIMEDOUT or EAGAIN).
                 if not isinstance(code, int) or code < 0:
