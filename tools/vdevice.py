@@ -4,7 +4,7 @@ Runs under `micropython` (not CPython) with the working directory as the device'
 MICROPYPATH pointing at the repo's lib/. The firmware is the real one; only time is virtual,
 so tests and `make sim` can live through weeks in seconds. Commands, one per line:
   run MS     advance virtual time by MS milliseconds, stepping the app whenever it is due,
-             and giving the cloud link its turn (App.idle) after each step
+             and giving the cloud link its turn (Link.service) after each step
   status     print the app's status
   challenge  print the PKCE challenge for the registration page
   register CODE    exchange an authorization code for tokens
@@ -86,7 +86,8 @@ def main(romfs_heap=0):
                 clock.t = clock.due
                 # A device idle for a bad config steps nothing; its cloud link still works.
                 clock.due += app.step() if app.running else 60000
-                app.idle(0)  # the cloud link's turn (real I/O, no waiting)
+                if app.link is not None:  # the cloud link's turn (real I/O, no waiting)
+                    app.link.service()
             clock.t = end
             _answer("@done ", app.status())
         elif cmd[0] == "status":

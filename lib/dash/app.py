@@ -32,7 +32,6 @@ VERSION = "0.5.0"  # the firmware's, as package.json has it
 STATE = "state.json"
 _F_UNREADABLE = const(-5)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
-_SLICE_MS = const(200)  # between steps, how often the cloud link looks for a command
 _DAY = const(86400)
 BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
 OPEN = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)  # an order may be out
@@ -66,7 +65,7 @@ def drop_phase(name):
     it may have loaded on the way, and collect now (a few ms, after a network call of
     seconds): what the next phase makes then fills the lowest holes, packed, instead of going
     above the garbage and cutting the free heap up."""
-    for n in (name, "link", "drs", "lwa", "episode", "provision", "daily"):
+    for n in (name, "link", "drs", "lwa", "episode", "provision", "daily", "trust"):
         drop(n)
     gc.collect()
 
@@ -184,24 +183,17 @@ class App:
         del config
         drop("config")
         lib("https")  # first: its buffer and TLS context are big blocks
-        # The cloud link: up even when the rest of the config is bad (it reports what is wrong).
         mq = cfg.get("mqtt")
-        if mq is not None and self.link is None:
+        if mq is not None and self.link is None:  # then the cloud link's (see `start`)
             try:
                 self.link = lib("cloud").Link(self, mq, sec.get("mqtt_password", ""))
-            except ValueError as e:  # a file it cannot read, a board without an id
-                off = [e.args[0]]
-            except Exception as e:  # noqa: BLE001 - no memory for it, say
-                off = ["config.json: 'mqtt': the link cannot start (%s)" % describe(e)]
-        for msg in off:
-            self.log("config-error", message=msg)
-        if off:
-            self.log("mqtt-off", reason="see the config-error above; the device orders without")
+            except Exception as e:  # noqa: BLE001 - said by `start`; never stops ordering
+                off = [e]
         # Then the rest of the resident code, below start-up's, which is dropped after boot:
         # the room it leaves is then in one piece above what stays, not holes between it.
         from dash import platform, signal, store, tokens  # noqa: F401
 
-        ok = lib("start").boot(self, cfg, sec, errors, urls)
+        ok = lib("start").boot(self, cfg, sec, errors, urls, off)
         drop_phase("start")  # and `episode`, if a slot resumed
         self.running = ok
         return ok
@@ -545,23 +537,6 @@ class App:
         drop_phase("provision")
         return out
 
-    def idle(self, ms):
-        """Until the next step, `ms` from now: the cloud link's turn (`cloud`), or sleep. A
-        step is late by at most the link's budget (see `cloud`)."""
-        link = self.link
-        clock = self.clock
-        if link is None:
-            if ms > 0:
-                clock.sleep_ms(ms)
-            return
-        end = clock.ticks_add(clock.ticks_ms(), ms)
-        while True:
-            link.service()
-            left = clock.ticks_diff(end, clock.ticks_ms())
-            if left <= 0:
-                return
-            clock.sleep_ms(min(left, _SLICE_MS))
-
     @staticmethod
     def rand():
         from os import urandom
@@ -591,7 +566,11 @@ def main():
             except MemoryError:
                 pass  # no room even to say why: the next step is the next try
             wait = _IDLE_MS
+        link = app.link
+        if link is None:
+            clock.sleep_ms(wait)
+            continue
         try:
-            app.idle(wait)  # the cloud link still works: a command may fix what is wrong
+            link.idle(wait)  # the cloud link's turns: a command may fix what is wrong
         except Exception:  # noqa: BLE001 - the link reports its own; never a crash here
-            clock.sleep_ms(_SLICE_MS)
+            clock.sleep_ms(wait)

@@ -9,7 +9,7 @@ Topics, under `<topic_prefix>/<device_id>/`:
   cmd/<kind>  commands to the device (QoS 1), taken by `commands`
 
 Ordering never waits for the link: nothing here runs inside a step. Between steps
-(`App.idle`), `service` connects when its back-off allows, sends what is queued, keeps the
+(`idle`), `service` connects when its back-off allows, sends what is queued, keeps the
 session alive and takes commands. Each operation ends within its deadline (three
 `timeout_s` in all, as the HTTPS transport's), and no new one starts once the link has used
 `timeout_s` of a turn: a step is late by at most four `timeout_s` (see the README). Events
@@ -28,6 +28,7 @@ from dash.backoff import retry_delay_s
 
 _STABLE_MS = const(60000)  # up this long, a link's failures are forgiven
 _IDS = const(16)  # command ids remembered, against repeats
+_SLICE_MS = const(200)  # between steps, how often the link looks for a command
 # What goes out as an event: what a maker's support team acts on, not the routine.
 _EVENTS = (
     "config-error",
@@ -63,9 +64,10 @@ class Link:
     def __init__(self, app, m, password):
         """`m`: the checked "mqtt" object of config.json. ValueError (a config error's text)
         when a file it names cannot be used or the device has no id."""
-        from dash.https import HttpError, context, ders
+        from dash.https import HttpError
         from dash.mqtt import Client
         from dash.platform import unique_id
+        from dash.trust import context, ders
 
         self.app = app
         dev = m.get("device_id") or unique_id()
@@ -161,6 +163,18 @@ class Link:
             self.q.pop(1 if self.q[0] is self._sending else 0)
             self.dropped += 1
 
+    def idle(self, ms):
+        """Between steps, `ms` until the next: a turn, then a slice of sleep, and again. A step
+        is late by at most the budget a turn has (see above)."""
+        clock = self.app.clock
+        end = clock.ticks_add(clock.ticks_ms(), ms)
+        while True:
+            self.service()
+            left = clock.ticks_diff(end, clock.ticks_ms())
+            if left <= 0:
+                return
+            clock.sleep_ms(min(left, _SLICE_MS))
+
     def pause(self):
         """Close the session for an HTTPS call: cleanly (the broker keeps the last will to
         itself), and the next turn reconnects at once."""
@@ -231,9 +245,10 @@ class Link:
             if https is not None and https.ca_path == self.ca:
                 c.ctx = https.context()
             else:
-                from dash.https import context
+                from dash.trust import context
 
                 c.ctx = context(self.ca)
+                drop("trust")
             self.ca = None
         try:
             # One deadline for all of it (armed in `open`): a connect ends within it.

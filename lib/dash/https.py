@@ -19,7 +19,6 @@ goes on in that; only an answer bigger than both gets a buffer allocated while i
 import select
 import socket
 import time
-from binascii import a2b_base64
 
 import tls
 from micropython import const
@@ -64,58 +63,6 @@ class HttpError(Exception):
     pass
 
 
-def ders(path, kind=b"CERTIFICATE"):
-    """The DER blocks of a PEM file whose BEGIN line names `kind` (a trust store's
-    certificates, a client certificate, or its PRIVATE KEY in any of its forms), read line by
-    line (mbedTLS here parses DER only); a file that is one DER object already (Amazon serves
-    its roots as `.cer`) is taken whole. Raises HttpError(E_CA) when there is none."""
-    out = []
-    b64: list | None = None
-    try:
-        with open(path, "rb") as f:
-            first = f.read(1)
-            f.seek(0)
-            for line in f:
-                line = line.strip()
-                if line.startswith(b"-----BEGIN ") and kind in line:
-                    b64 = []
-                elif line.startswith(b"-----END ") and b64 is not None:
-                    out.append(a2b_base64(b"".join(b64)))
-                    b64 = None
-                elif b64 is not None:
-                    b64.append(line)
-            if not out and first == b"0":  # 0x30: an ASN.1 SEQUENCE, DER already
-                f.seek(0)
-                out.append(f.read(8192))
-    except (OSError, ValueError):
-        raise HttpError(E_CA, path)
-    if not out:
-        raise HttpError(E_CA, path)
-    return out
-
-
-def context(ca_path, spare=None, cert_path="", key_path=""):
-    """A TLS client context that verifies the peer against the certificates in `ca_path`
-    (CERT_REQUIRED), with a client certificate and key when given (mutual TLS); made new, or
-    taken from the list `spare`. Raises HttpError(E_CA) naming the file that cannot be read or
-    parsed."""
-    ders_ = ders(ca_path)  # first: when reading fails, a spare context is not used up
-    ctx = spare.pop() if spare else tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[union-attr]  # stubs lack it
-    for der in ders_:
-        try:
-            ctx.load_verify_locations(der)
-        except ValueError:
-            raise HttpError(E_CA, ca_path)
-    if cert_path:
-        key = ders(key_path, b"PRIVATE KEY")[0]
-        try:
-            ctx.load_cert_chain(ders(cert_path)[0], key)
-        except ValueError:
-            raise HttpError(E_CA, cert_path)
-    return ctx
-
-
 class Https:
     # Called before each request opens its TLS session: the cloud link closes its own, so that
     # there is one TLS session at a time (each costs ~20 KB of the ESP32's IDF heap).
@@ -135,6 +82,8 @@ class Https:
         if self._ctx is None:
             # The trust store first: when reading it fails (a MemoryError, say), the context
             # made at import is still there for the next try, not a 3 KB block to find again.
+            from dash.trust import context  # dropped with the phase that made it
+
             self._ctx = context(self.ca_path, _fresh)
         return self._ctx
 

@@ -17,9 +17,12 @@ _BOOT_ONLY = (
 )
 
 
-def boot(app, cfg, sec, errors, urls):
+def boot(app, cfg, sec, errors, urls, off=()):
     """Start from the checked config (`errors`: idle instead) and the persisted state.
-    Returns False when idling."""
+    Returns False when idling. `off`: what is wrong with the cloud link's config, or why it
+    could not start; it is said, and the device orders without it."""
+    if off:
+        _off(app, off)
     if errors:
         for e in errors:
             app.log("config-error", message=e)
@@ -87,6 +90,18 @@ def boot(app, cfg, sec, errors, urls):
     if not app.tokens.registered:
         app.log("unregistered", hint="register the device to let it order")
     return True
+
+
+def _off(app, off):
+    from dash.app import describe
+
+    for e in off:
+        if isinstance(e, ValueError):  # a file it names, a board without an id
+            e = e.args[0]
+        elif isinstance(e, Exception):  # no memory for it, say
+            e = "config.json: 'mqtt': the link cannot start (%s)" % describe(e)
+        app.log("config-error", message=e)
+    app.log("mqtt-off", reason="see the config-error above; the device orders without")
 
 
 def restore(app):
