@@ -632,3 +632,10 @@ def test_each_failure_says_what_failed(link_device, broker):
         reason = dev.tagged("mqtt-down")[0]["reason"]
         dev.stop()
         assert reason.startswith(want), (want, reason)
+
+
+def test_a_broker_trust_store_in_der_as_amazon_serves_its_roots(link_device, broker, certs):
+    dev = link_device(mqtt=mqtt_config(broker, ca_file="broker-ca.cer"))
+    shutil.copy(certs["ca_der"], dev.root / "broker-ca.cer")
+    dev.start()
+    assert dev.run(MIN)["mqtt"]["connected"]
