@@ -639,3 +639,42 @@ def test_a_broker_trust_store_in_der_as_amazon_serves_its_roots(link_device, bro
     shutil.copy(certs["ca_der"], dev.root / "broker-ca.cer")
     dev.start()
     assert dev.run(MIN)["mqtt"]["connected"]
+
+
+def test_the_makers_relay_tool_commands_the_device_and_shows_the_fleet(
+    link_device, broker, tmp_path
+):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    dev = link_device().start()
+    dev.run(5 * MIN)
+    pw = tmp_path / "cloud.pw"
+    pw.write_text(broker.users["cloud"])
+    opts = ["--broker", "localhost:%d" % broker.ports["tls"], "--ca", broker.certs["ca"]]
+    opts += ["--user", "cloud", "--password-file", str(pw)]
+    relay = [sys.executable, str(REPO / "tools" / "relay.py")]
+    cmd = subprocess.Popen(
+        relay
+        + ["command", DEVICE_ID, "config", '{"set": {"sample_s": 90}}', "--timeout", "60"]
+        + opts,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert dev.command("link-wait", "30000")["arrived"]  # it came from the tool
+        dev.run(MIN)  # and the answer goes out
+        out, err = cmd.communicate(timeout=60)
+    finally:
+        cmd.kill()
+    assert cmd.returncode == 0, err
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert (
+        answer["t"] == "command" and answer["f"]["ok"] and answer["f"]["changed"] == ["sample_s"]
+    )
+    fleet = subprocess.run(relay + ["fleet", "--json"] + opts, capture_output=True, text=True)
+    assert fleet.returncode == 0, fleet.stderr
+    assert json.loads(fleet.stdout)[DEVICE_ID]["online"] is True
