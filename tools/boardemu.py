@@ -268,7 +268,7 @@ class Board:
             BOARDEMU_ROM_SIZE=str(ROM_SIZE),
             BOARDEMU_BOARD=self.board_name,
             BOARDEMU_HEAP=str(self.heap_kb * 1024 if self.heap_kb else 0),
-            BOARDEMU_FROZEN=str(HERE.parent / "build" / "mplib"),
+            BOARDEMU_FROZEN=str(HERE.parent / "build" / "mplib" / "mpy"),
         )
         args = [self.micropython]
         if self.heap_kb:

