@@ -606,7 +606,7 @@ def test_a_message_too_big_to_read_in_time_does_not_stop_the_link_for_good(
         cloud.send("state", b"x" * (3 << 20))
         assert not dev.command("link-wait", "5000")["arrived"]  # it cannot be read in time
         assert "timeout" in dev.tagged("mqtt-down")[-1]["reason"]
-        dev.run(MIN)  # the next session is a new one, without the message
+        dev.run(MIN)  # acknowledged before it was read: the broker does not send it again
         assert dev.status()["mqtt"]["connected"]
         cloud.send("state", {"id": "after"})
         assert dev.command("link-wait", "20000")["arrived"]
@@ -678,3 +678,103 @@ def test_the_makers_relay_tool_commands_the_device_and_shows_the_fleet(
     fleet = subprocess.run(relay + ["fleet", "--json"] + opts, capture_output=True, text=True)
     assert fleet.returncode == 0, fleet.stderr
     assert json.loads(fleet.stdout)[DEVICE_ID]["online"] is True
+
+
+def test_a_big_message_that_waited_on_the_broker_does_not_stop_the_link(
+    link_device, broker, cloud
+):
+    proxy = Throttle(broker.ports["tls"], 200_000)
+    try:
+        m = mqtt_config(broker, proxy.port, timeout_s=1, retry_base_s=20, retry_cap_s=40)
+        dev = link_device(mqtt=m).start()
+        dev.run(MIN)
+        dev.stop()  # away: the persistent session keeps what comes meanwhile
+        cloud.send("state", b"x" * (3 << 20))
+        dev.start()  # it comes right after the CONNACK, before the SUBACK
+        dev.run(4 * MIN)
+        assert dev.status()["mqtt"]["connected"]
+    finally:
+        proxy.close()
+
+
+class CutMidCommand(Silent):
+    """In front of the plain listener: the first command's PUBLISH is cut 6 bytes in and the
+    connection closed (Wi-Fi lost in the middle of a message); later ones pass."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.first = True
+        super().__init__()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.conns += [c, up]
+            threading.Thread(target=self._pipe, args=(c, up, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, c, True), daemon=True).start()
+
+    def _pipe(self, src, dst, cut):
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                i = data.find(b"/cmd/state") if cut and self.first else -1
+                if i >= 0:
+                    self.first = False
+                    start = data.rfind(b"\x32", 0, i)  # the PUBLISH's first byte (QoS 1)
+                    dst.sendall(data[: start + 6])
+                    src.close()
+                    dst.close()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_command_cut_in_the_middle_comes_again(link_device, broker, cloud):
+    proxy = CutMidCommand(broker.ports["plain"])
+    try:
+        m = mqtt_config(broker, proxy.port, transport="plain", timeout_s=1, retry_base_s=1)
+        dev = link_device(mqtt=m, secrets={}).start()
+        dev.run(MIN)
+        cloud.send("state", {"id": "cut"})
+        dev.command("link-wait", "3000")  # cut: not taken, not acknowledged
+        dev.run(2 * MIN)  # the session resumes, and the broker sends it again
+        dev.command("link-wait", "5000")
+        dev.run(MIN)
+        cloud.wait(lambda: any(c.get("id") == "cut" for c in cloud.commands()))
+    finally:
+        proxy.close()
+
+
+def test_a_device_started_by_a_command_after_a_week_counts_its_time(link_device, cloud, emulator):
+    dev = link_device(config={"low": 900}).start()  # low above high: idle
+    dev.run(7 * 86400)  # the ticks of a board wrap in 6.2 days
+    command(dev, cloud, "config", {"id": "fix", "set": {"low": 200}})
+    emulator.inject("/replenish/", "status", times=1, status=500)
+    dev.set_level(LOW)
+    st = dev.run(HOUR)  # the failed order backs off (900 s at most here) and is tried again
+    assert st["state"] == "ordered" and len(emulator.requests_to("/replenish/")) == 2
+
+
+def test_a_device_idle_for_a_bad_config_keeps_its_open_order_safe(link_device, cloud, emulator):
+    dev = link_device().start()
+    assert drain(dev)["state"] == "ordered"
+    cfg = json.loads((dev.root / "config.json").read_text())
+    cfg["low"] = 900  # made bad by hand: after a restart it idles, its order still out
+    dev.write_json("config.json", cfg)
+    dev.restart()
+    assert dev.boot_ok is False
+    command(dev, cloud, "config", {"id": "fix", "set": {"low": 50, "high": 90}})
+    cloud.wait(lambda: cloud.commands())
+    assert "has an order open (ordered)" in cloud.commands()[0]["reason"]
+    command(dev, cloud, "config", {"id": "fix-2", "set": {"low": 200}})
+    dev.run(HOUR)
+    dev.set_level(40)
+    dev.run(HOUR)
+    assert len(emulator.requests_to("/replenish/")) == 1

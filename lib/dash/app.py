@@ -193,8 +193,14 @@ class App:
         # the room it leaves is then in one piece above what stays, not holes between it.
         from dash import platform, signal, store, tokens  # noqa: F401
 
-        ok = lib("start").boot(self, cfg, sec, errors, urls, off)
-        drop_phase("start")  # and `episode`, if a slot resumed
+        try:
+            ok = lib("start").boot(self, cfg, sec, errors, urls, off)
+        finally:
+            drop_phase("start")  # and `episode`, if a slot resumed
+        if ok:
+            # Uptime counts from here: a device idle for a bad config took no steps.
+            self._last = self.clock.ticks_ms()
+            self._ms = 0
         self.running = ok
         return ok
 

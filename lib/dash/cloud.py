@@ -127,7 +127,6 @@ class Link:
         self.failures = 0  # failed connects or sessions in a row: the back-off's attempt
         self.up = False
         self.subscribed = False  # this boot: the broker's session may have lost it
-        self.clean = False  # the next connect starts a new session (see `_down`)
         self._sending = None  # the event being published
         now = app.clock.ticks_ms()
         self.retry_at = now
@@ -165,13 +164,16 @@ class Link:
 
     def idle(self, ms):
         """Between steps, `ms` until the next: a turn, then a slice of sleep, and again. A step
-        is late by at most the budget a turn has (see above)."""
-        clock = self.app.clock
+        is late by at most the budget a turn has (see above). A device a command has just
+        started (it was idle for a bad config) steps at once."""
+        app = self.app
+        clock = app.clock
+        running = app.running
         end = clock.ticks_add(clock.ticks_ms(), ms)
         while True:
             self.service()
             left = clock.ticks_diff(end, clock.ticks_ms())
-            if left <= 0:
+            if left <= 0 or app.running != running:
                 return
             clock.sleep_ms(min(left, _SLICE_MS))
 
@@ -248,12 +250,16 @@ class Link:
                 from dash.trust import context
 
                 c.ctx = context(self.ca)
-                drop("trust")
+            drop("trust")
             self.ca = None
+        from dash.platform import net_up
+
+        ssid, password = app.wifi
+        if not net_up(ssid, password, self.budget_ms):  # (a board: joined again if need be)
+            raise OSError("no Wi-Fi")
         try:
             # One deadline for all of it (armed in `open`): a connect ends within it.
-            present = c.open(self.clean)
-            self.clean = False
+            present = c.open()
             if not present or not self.subscribed:
                 self.subscribed = False
                 c.subscribe(self.base + b"cmd/#", 1)
@@ -274,14 +280,13 @@ class Link:
 
     def _down(self, e):
         app = self.app
-        if self.client.reading:
-            # A message that could not be read within its deadline is never acknowledged, and
-            # the broker would send it again at each reconnect: a new session drops it.
-            self.clean = True
         self.client.drop(False)  # broken: no DISCONNECT, so the broker says the last will
         self.up = False
         self._lost = True
-        delay = retry_delay_s(self.failures, self.retry[0], self.retry[1], app.rand())
+        try:
+            delay = retry_delay_s(self.failures, self.retry[0], self.retry[1], app.rand())
+        except MemoryError:  # (the random bytes are an allocation)
+            delay = self.retry[1]
         self.failures += 1
         self.retry_at = app.clock.ticks_add(app.clock.ticks_ms(), delay * 1000)
         try:

@@ -188,15 +188,13 @@ def _config(app, obj, cid, link):
             touched.append(raw.get("slot_id"))
         else:
             return "'%s' cannot be set by a command" % k
-    for sl in app.slots if app.running else ():
-        st = sl.fsm.durable()
-        if st == fsm.SUSPENDED:
-            st = sl.rec.get("sp", fsm.MONITOR)
-        if sl.id in touched and st in OPEN:
+    for sid in touched:
+        st = _open(app, sid)
+        if st is not None:
             # New thresholds now could make the level a refill and close the episode while
-            # its order is out: the next depletion would order again.
+            # its order is out: the same depletion would be ordered again.
             why = "slot %s has an order open (%s): its thresholds may change once it ends"
-            return why % (sl.id, fsm.name(st))
+            return why % (sid, fsm.name(st))
     cfg, _, errors = config.validate(raw, None)
     if errors:
         app.log("command", cmd="config", id=cid, ok=False, reason="invalid", errors=errors[:4])
@@ -211,10 +209,35 @@ def _config(app, obj, cid, link):
     link.remember(cid)
     if app.running:
         _apply(app, cfg)
-    elif not app.boot():
-        return "written, but the device still cannot start (see config-error)"
+    else:
+        try:
+            ok = app.boot()
+        except Exception as e:  # noqa: BLE001 - no memory to start, say
+            ok = False
+            app.log("error", reason=describe(e))
+        if not ok:
+            return "written, but the device still cannot start (see config-error)"
     app.log("command", cmd="config", id=cid, ok=True, changed=sorted(ch))
     return None
+
+
+def _open(app, sid):
+    """The state of slot `sid` when an order of its episode may be open, else None: from the
+    running slot, or from state.json while the device is idle (it resumes from there)."""
+    if app.running:
+        rec = st = None
+        for sl in app.slots:
+            if sl.id == sid:
+                rec, st = sl.rec, sl.fsm.durable()
+    else:
+        from dash.app import STATE
+        from dash.store import Store
+
+        rec = ((Store(app.root).load(STATE) or {}).get("slots") or {}).get(sid)
+        st = rec.get("st") if isinstance(rec, dict) else None
+    if st == fsm.SUSPENDED and isinstance(rec, dict):
+        st = rec.get("sp")
+    return st if st in OPEN else None
 
 
 def _apply(app, cfg):

@@ -305,12 +305,16 @@ def validate(raw, secrets):
             errors.append("%s: 'retry_cap_s' must not be below 'retry_base_s'" % CONFIG)
     if secrets is not None:
         _check(secrets, _SECRET, sec, errors, SECRETS)
+    # The cloud link's password is the link's trouble, not the device's (see `_check_mqtt`).
+    pw = [e for e in errors if "'mqtt_password'" in e]
     if raw is not None and "mqtt" in raw:
-        _check_mqtt(raw["mqtt"], cfg, sec, errors)
+        _check_mqtt(raw["mqtt"], cfg, sec, errors, pw)
+    elif pw:
+        cfg["mqtt_errors"] = pw
     return cfg, sec, errors
 
 
-def _check_mqtt(src, cfg, sec, errors):
+def _check_mqtt(src, cfg, sec, errors, pw):
     """The cloud link's settings: cfg["mqtt"] when they are all good (so that the link can
     report the rest of a bad config), else cfg["mqtt_errors"], their share of `errors`."""
     bad: list = []
@@ -334,9 +338,9 @@ def _check_mqtt(src, cfg, sec, errors):
             bad.append("%s: 'mqtt_password' would go in clear over plain TCP" % SECRETS)
         if m.get("retry_cap_s", 0) < m.get("retry_base_s", 0):
             bad.append("%s: 'mqtt.retry_cap_s' must not be below 'mqtt.retry_base_s'" % CONFIG)
-    if bad:
-        errors.extend(bad)
-        cfg["mqtt_errors"] = bad  # the device orders without the link: see `App.boot`
+    errors.extend(bad)
+    if bad or pw:
+        cfg["mqtt_errors"] = bad + pw  # the device orders without the link: see `App.boot`
     else:
         cfg["mqtt"] = m
 

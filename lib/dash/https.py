@@ -16,6 +16,7 @@ A caller expecting a bigger answer reserves a `spill` buffer before sending, and
 goes on in that; only an answer bigger than both gets a buffer allocated while it is read.
 """
 
+import errno
 import select
 import socket
 import time
@@ -55,8 +56,6 @@ _buf = bytearray(_BUF)
 # The first client's TLS context (3 KB) is made now too; its trust store is loaded later. A
 # context is never reused with another trust store, nor after one failed to load.
 _fresh = [tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)]
-_ETIMEDOUT = const(110)
-_EAGAIN = const(11)
 
 
 class HttpError(Exception):
@@ -117,7 +116,8 @@ class Https:
                 raw.connect(addr)
             except OSError as e:
                 # Out of time, a blocking connect says ETIMEDOUT (EAGAIN on some ports).
-                raise HttpError(E_TIMEOUT if e.errno in (_ETIMEDOUT, _EAGAIN) else E_CONNECT, host)
+                timeout = e.errno in (errno.ETIMEDOUT, errno.EAGAIN)  # by port, either
+                raise HttpError(E_TIMEOUT if timeout else E_CONNECT, host)
             # From here on the socket is non-blocking and each step waits in `poll` against a
             # deadline: the handshake and the request within three socket timeouts, then the
             # answer within three more (see `recv`). Blocking, a peer sending a byte at a time

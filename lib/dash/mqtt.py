@@ -13,6 +13,7 @@ dropped, never allocated. Looking for a packet when none has come allocates noth
 neither does a keep-alive.
 """
 
+import errno
 import time
 
 from micropython import const
@@ -35,6 +36,7 @@ TYPE_CHECKING = False  # the type checker reads it as True: names for annotation
 if TYPE_CHECKING:
     from typing import Any
 
+_TIMEDOUT = (errno.ETIMEDOUT, errno.EAGAIN)  # a blocking connect out of time, by port
 _PINGRESP = const(0xD0)
 _PUBLISH = const(0x30)
 _DISCONNECT = b"\xe0\x00"
@@ -59,7 +61,6 @@ class Client(MQTTClient):
         self.sent_ms = time.ticks_ms()  # when a packet last went out: keep-alives count from it
         self._ping_ms = self.sent_ms  # when the PINGREQ went out, while `_pinged`
         self._pinged = False  # a PINGREQ is unanswered
-        self.reading = False  # in the middle of an incoming message
 
     def arm(self):
         """The deadline of one operation (a connect, a publish with its acknowledgement, one
@@ -112,7 +113,6 @@ class Client(MQTTClient):
                     pass
         self._s = self._raw = self.sock = None
         self._pinged = False
-        self.reading = False
 
     def wait_msg(self):
         """One packet, waiting for it (umqtt's publish() and subscribe() wait here for their
@@ -121,13 +121,12 @@ class Client(MQTTClient):
 
     # -- ours ----------------------------------------------------------------------------
 
-    def open(self, clean=False):
+    def open(self):
         """TCP connect (its own timeout), TLS handshake and CONNECT/CONNACK within one
-        deadline. True when the broker kept our session (and our subscription). `clean`: a
-        new session, whatever the broker kept for us."""
+        deadline. True when the broker kept our session (and our subscription)."""
         self.arm()
         try:
-            return self.connect(clean, self.timeout_s)
+            return self.connect(False, self.timeout_s)
         except ValueError as e:  # mbedTLS: the certificate or the host name is not good
             self.close()
             raise HttpError(E_TLS, str(e).strip())
@@ -140,7 +139,7 @@ class Client(MQTTClient):
                 # negative on an ESP32) or the TCP connect (out of time: ETIMEDOUT or EAGAIN).
                 if not isinstance(code, int) or code < 0:
                     raise HttpError(E_DNS, self.server)
-                raise HttpError(E_TIMEOUT if code in (110, 11) else E_CONNECT, self.server)
+                raise HttpError(E_TIMEOUT if code in _TIMEDOUT else E_CONNECT, self.server)
             if isinstance(code, int) and code < 0:  # mbedTLS's errors: the handshake failed
                 raise HttpError(E_TLS, "handshake %d" % code)
             raise HttpError(E_RESET, self.server)
@@ -200,7 +199,6 @@ class Client(MQTTClient):
         size = n - 2 - tl - (2 if qos else 0)
         if size < 0:
             raise HttpError(E_PROTO, "mqtt publish")
-        self.reading = True  # until it is read and acknowledged
         mv = memoryview(self.inbox)
         topic = payload = None
         if tl < len(mv):
@@ -215,12 +213,17 @@ class Client(MQTTClient):
             payload = mv[tl : tl + size]
             self._fill(payload)
         else:
+            if qos:
+                # Acknowledged before it is read: it will be dropped anyway, and if reading it
+                # takes longer than its deadline (a slow link), the broker must not send it
+                # again at each reconnect of the session.
+                self.write(self._ack)
+                qos = 0
             # Read through the inbox (past the topic) and dropped: never allocated.
             self._skip(mv[0 if topic is None else tl :], size)
         self.cb(topic, payload, op & 1, size)
         if qos:
             self.write(self._ack)
-        self.reading = False
         return op
 
     def _byte(self):

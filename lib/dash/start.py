@@ -21,18 +21,23 @@ def boot(app, cfg, sec, errors, urls, off=()):
     """Start from the checked config (`errors`: idle instead) and the persisted state.
     Returns False when idling. `off`: what is wrong with the cloud link's config, or why it
     could not start; it is said, and the device orders without it."""
+    from dash.platform import net_up, open_sensor
+
     if off:
         _off(app, off)
+    # (secrets.json may be what is wrong: then there is no Wi-Fi to join)
+    app.wifi = (sec.get("wifi_ssid", ""), sec.get("wifi_password", ""))
     if errors:
         for e in errors:
             app.log("config-error", message=e)
         app.reason = "config"
         app.log("suspended", reason="config", hint="fix the files above, then reset")
+        if app.link is not None:
+            net_up(*app.wifi)  # the link reports it, and a command may fix it
         return False
     drs_url, lwa_url = urls
     app.reason = ""
     from dash.https import HttpError, Https
-    from dash.platform import net_up, open_sensor
     from dash.signal import Signal
     from dash.store import Store, unpack
     from dash.tokens import Tokens
@@ -42,7 +47,6 @@ def boot(app, cfg, sec, errors, urls, off=()):
     app.cfg = {k: cfg[k] for k in cfg if k not in _BOOT_ONLY}
     app.drs_url = drs_url
     app.lwa_url = lwa_url
-    app.wifi = (sec["wifi_ssid"], sec["wifi_password"])
     # Join the network first: on a board that sets the clock, which the token and the
     # back-off deadlines on flash are kept against.
     net_up(*app.wifi)

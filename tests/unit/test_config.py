@@ -170,3 +170,29 @@ def test_checking_text_leaves_nothing_behind():
     assert config.printable(s) and not config.valid_slot(s, 500)
     gc.collect()
     assert gc.mem_alloc() == before  # no qstr interned per character
+
+
+def test_the_cloud_links_settings_are_checked_and_its_trouble_kept_apart():
+    raw = good()
+    raw["mqtt"] = {"host": "broker.example", "username": "dev-1", "device_id": "dev-1"}
+    cfg, _, errors = config.validate(raw, dict(SECRETS, mqtt_password="pw"))
+    assert errors == [] and cfg["mqtt"]["port"] == 8883 and cfg["mqtt"]["ca_file"] == "ca.pem"
+    bad = [
+        ({"host": "broker/x"}, "'mqtt.host'"),
+        ({"device_id": "dev+1"}, "'mqtt.device_id'"),  # "+" is an MQTT wildcard
+        ({"topic_prefix": "/dash"}, "'mqtt.topic_prefix'"),
+        ({"transport": "udp"}, "'mqtt.transport'"),
+        ({"client_cert": "c.pem"}, "go together"),
+        ({"transport": "plain"}, "in clear"),  # the password would cross in clear
+        ({"retry_base_s": 60, "retry_cap_s": 30}, "'mqtt.retry_cap_s'"),
+        ({"colour": 1}, "'mqtt.colour' is not a known key"),
+    ]
+    for change, want in bad:
+        m = dict(raw["mqtt"], **change)
+        cfg, _, errors = config.validate(dict(raw, mqtt=m), dict(SECRETS, mqtt_password="pw"))
+        assert any(want in e for e in errors), (change, errors)
+        # The link's own trouble: the device can order without it (see App.boot).
+        assert cfg["mqtt_errors"] == errors and "mqtt" not in cfg
+    # A password the rules refuse is the link's trouble too, not the device's.
+    cfg, _, errors = config.validate(raw, dict(SECRETS, mqtt_password="has space"))
+    assert errors and cfg["mqtt_errors"] == errors
