@@ -95,8 +95,8 @@ class Cloud:
         late.subscribe([("dash/%s/#" % dev, 1), ("dash/_late", 1)])
         late.publish("dash/_late", b"1", qos=1)
         assert done.wait(30), "no marker"
+        late.disconnect()  # first: it wakes the loop, which then ends at once
         late.loop_stop()
-        late.disconnect()
         return got
 
     def text(self):
@@ -106,8 +106,8 @@ class Cloud:
 
     def close(self):
         """Also checks that nothing the device published holds a secret."""
+        self.c.disconnect()  # first: it wakes the loop, which then ends at once
         self.c.loop_stop()
-        self.c.disconnect()
         text = self.text()
         for secret in SECRETS:
             assert secret not in text, secret

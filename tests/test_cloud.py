@@ -743,7 +743,7 @@ def test_a_command_cut_in_the_middle_comes_again(link_device, broker, cloud):
         dev = link_device(mqtt=m, secrets={}).start()
         dev.run(MIN)
         cloud.send("state", {"id": "cut"})
-        dev.command("link-wait", "3000")  # cut: not taken, not acknowledged
+        dev.command("link-wait", "1500")  # cut: not taken, not acknowledged
         dev.run(2 * MIN)  # the session resumes, and the broker sends it again
         dev.command("link-wait", "5000")
         dev.run(MIN)
