@@ -5,6 +5,7 @@ behind a pseudo-terminal, and waits for conditions with deadlines (never sleep-a
 
 import hashlib
 import os
+import re
 import select
 import signal
 import subprocess
@@ -253,9 +254,11 @@ def test_romfs_deploy_then_import_from_rom(board, flash, tmp_path):
 def test_heap_kb_is_the_free_heap_at_boot(flash):
     (flash / "boot.py").write_text("import gc\ngc.collect()\nprint('free', gc.mem_free())\n")
     with Board(flash, heap_kb=64) as board:
-        at = board.wait_for("free ")
-        free = int(board.output(at)[: board.wait_for("\r\n", start=at) - at - 2])
-        assert 60 * 1024 < free <= 64 * 1024
+        board.wait_for(re.compile(rb"free \d+\r\n"))
+        text = board.output()
+        free = int(re.search(rb"free (\d+)\r\n", text).group(1))
+        assert board.boots == 1, text  # one boot: nothing crashed on the way
+        assert 60 * 1024 < free <= 64 * 1024, text
         out = mpr(board.port, "exec", "b = bytearray(50 * 1024)\nprint(len(b))")
         assert out == "51200\n"
         r = subprocess.run(

@@ -236,16 +236,22 @@ class Board:
             return bytes(self._out[max(start - self._out_base, 0) :])
 
     def wait_for(self, pattern, timeout: float = 10.0, start: int = 0) -> int:
-        """Waits until the output from `start` on holds `pattern`; returns the offset after it."""
+        """Waits until the output from `start` on holds `pattern` (bytes, str, or a compiled
+        bytes regex); returns the offset after it."""
         if isinstance(pattern, str):
             pattern = pattern.encode()
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 rel = max(start - self._out_base, 0)
-                i = self._out.find(pattern, rel)
+                if isinstance(pattern, bytes):
+                    i = self._out.find(pattern, rel)
+                    end = i + len(pattern)
+                else:
+                    m = pattern.search(self._out, rel)
+                    i, end = (m.start(), m.end()) if m else (-1, 0)
                 if i >= 0:
-                    return self._out_base + i + len(pattern)
+                    return self._out_base + end
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = bytes(self._out[-800:])
