@@ -657,13 +657,13 @@ class Emulator:
         """Queue a fault for the next `times` requests whose path starts with path_prefix.
 
         Faults that replace the answer skip processing (no order placed, no token issued):
-        status (status=, body=, headers=), reset, silence (seconds=30), redirect (location=),
-        invalid_json, oversized (size=65536). The others process the request normally and
-        spoil only the delivery: delay (seconds=5), reset_after_processing, truncate,
-        chunked, close_delimited (no Content-Length: the body ends with the connection),
-        oversized_headers (size=8192), keep_open (the whole answer, then the connection held
-        open for seconds=30 despite "Connection: close"), drip (the answer a byte every
-        interval=0.5 seconds).
+        status (status=, body=, headers=, after= seconds before it is sent), reset, silence
+        (seconds=30), redirect (location=), invalid_json, oversized (size=65536). The others
+        process the request normally and spoil only the delivery: delay (seconds=5),
+        reset_after_processing, truncate, chunked, close_delimited (no Content-Length: the
+        body ends with the connection), oversized_headers (size=8192), keep_open (the whole
+        answer, then the connection held open for seconds=30 despite "Connection: close"),
+        drip (the answer a byte every interval=0.5 seconds).
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
@@ -1116,6 +1116,8 @@ class Emulator:
             return self._silence(conn, kw.get("seconds", 30))
         if kind == "delay" and self._stop.wait(kw.get("seconds", 5)):
             return
+        if kind == "status" and kw.get("after") and self._stop.wait(kw["after"]):
+            return  # (a server that takes its time to say no)
         if kind == "status":
             answer = kw["status"], dict(kw.get("headers") or {}), _encode(kw.get("body"))
             if isinstance(kw.get("body"), dict):

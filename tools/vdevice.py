@@ -21,13 +21,15 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
              same N steps under micropython.heap_lock() (any allocation fails them)
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
-Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown). From a ROMFS
+Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown); VDEVICE_LIVE
+set: real time passes inside each step (see VirtualClock). From a ROMFS
 image (device code and this harness), it is started by tools/vrom.py.
 """
 
 import json
 import os
 import sys
+import time
 
 from dash.app import App
 
@@ -37,15 +39,21 @@ _HALF = 0x20000000
 
 class VirtualClock:
     """What the app asks of dash.platform.Clock (its sleep is main()'s, which this harness
-    replaces); ticks wrap like a board's."""
+    replaces); ticks wrap like a board's. `live`: real time passes inside a step too (a
+    request that takes 4 s takes 4 s of the device's time), as on a board."""
 
-    def __init__(self, wall0):
+    def __init__(self, wall0, live=False):
         self.t = 0
         self.due = 0  # when the app's next step is due
         self.wall0 = wall0
+        self.live = live
+        self.t0 = None  # real ticks when the step under way began (live)
 
     def ticks_ms(self):
-        return self.t & _MASK
+        t = self.t
+        if self.t0 is not None:
+            t += time.ticks_diff(time.ticks_ms(), self.t0)
+        return t & _MASK
 
     def ticks_diff(self, a, b):
         return ((a - b + _HALF) & _MASK) - _HALF
@@ -54,7 +62,7 @@ class VirtualClock:
         return (a + d) & _MASK
 
     def wall(self):
-        return self.wall0 + self.t // 1000 if self.wall0 else 0
+        return self.wall0 + self.ticks_ms() // 1000 if self.wall0 else 0
 
 
 def _answer(tag, obj):
@@ -67,7 +75,7 @@ def _answer(tag, obj):
 def main(romfs_heap=0):
     """romfs_heap: the heap the ROMFS image takes (tools/vrom.py), for the bench to subtract."""
     wall = os.getenv("VDEVICE_WALL")
-    clock = VirtualClock(int(wall) if wall is not None else 1790000000)
+    clock = VirtualClock(int(wall) if wall is not None else 1790000000, os.getenv("VDEVICE_LIVE"))
     app = App(".", clock)
     ok = app.boot()
     print("@boot " + json.dumps({"ok": ok, "romfs_heap": romfs_heap}))
@@ -84,11 +92,18 @@ def main(romfs_heap=0):
             end = clock.t + int(cmd[1])
             while clock.due <= end:
                 clock.t = clock.due
+                if clock.live:
+                    clock.t0 = time.ticks_ms()
                 # A device idle for a bad config steps nothing; its cloud link still works.
-                clock.due += app.step() if app.running else 60000
+                wait = app.step() if app.running else 60000
+                if clock.t0 is not None:  # the step's real time, then the sleep after it
+                    clock.t += time.ticks_diff(time.ticks_ms(), clock.t0)
+                    clock.t0 = None
+                    clock.due = clock.t
+                clock.due += wait
                 if app.link is not None:  # the cloud link's turn (real I/O, no waiting)
                     app.link.service()
-            clock.t = end
+            clock.t = max(clock.t, end)
             _answer("@done ", app.status())
         elif cmd[0] == "status":
             _answer("@status ", app.status())

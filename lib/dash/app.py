@@ -267,8 +267,10 @@ class App:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def step(self):
-        """Sample once, decide, act. Returns milliseconds until the next step is due."""
+    def tick(self):
+        """Uptime brought up to now: at each step, and when a network call ends, so that a
+        back-off (a server's Retry-After) and a log line count from when the answer came, not
+        from when the step began (a failing request can take a minute)."""
         now = self.clock.ticks_ms()
         ms = self._ms + self.clock.ticks_diff(now, self._last)
         if ms >= 1000:
@@ -276,6 +278,10 @@ class App:
             ms %= 1000
         self._ms = ms
         self._last = now
+
+    def step(self):
+        """Sample once, decide, act. Returns milliseconds until the next step is due."""
+        self.tick()
         self._refused = None
         if self._unsaved:
             self.persist()

@@ -25,6 +25,8 @@ def call(app, kind, path, body=b"", max_body=1024):
             code = e.args[0]
             reason = "network: " + error_name(code)
             return None, (result.TRANSIENT, reason, code >= E_TIMEOUT, None)
+        finally:
+            app.tick()
         if ans[0] in (400, 401, 403) and not again:
             app.log("auth-refused", path=path, status=ans[0], action="refresh token, retry once")
             tokens.access = None  # refreshed when the loop comes round
