@@ -657,7 +657,8 @@ class Emulator:
         """Queue a fault for the next `times` requests whose path starts with path_prefix.
 
         Faults that replace the answer skip processing (no order placed, no token issued):
-        status (status=, body=, headers=, after= seconds before it is sent), reset, silence
+        status (status=, body=, headers=, after= seconds before it is sent, process=True: the
+        request is acted on all the same, as a server may do and still say no), reset, silence
         (seconds=30), redirect (location=), invalid_json, oversized (size=65536). The others
         process the request normally and spoil only the delivery: delay (seconds=5),
         reset_after_processing, truncate, chunked, close_delimited (no Content-Length: the
@@ -1119,6 +1120,8 @@ class Emulator:
         if kind == "status" and kw.get("after") and self._stop.wait(kw["after"]):
             return  # (a server that takes its time to say no)
         if kind == "status":
+            if kw.get("process"):
+                self._process(rec["method"], rec["path"], rec["headers"], rec["body"])
             answer = kw["status"], dict(kw.get("headers") or {}), _encode(kw.get("body"))
             if isinstance(kw.get("body"), dict):
                 answer[1].setdefault("Content-Type", "application/json")

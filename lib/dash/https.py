@@ -71,6 +71,9 @@ class Https:
         self.ca_path = ca_path
         self.timeout_s = timeout_s
         self.handshakes = 0  # TLS handshakes since boot, for tests and benchmarks
+        # The last request was sent whole (so the server may have acted on it, whatever came
+        # back); False when it failed before: the DNS, the connect, the handshake.
+        self.sent = False
         self._ctx = None
         self._addr = {}
         self.buf = _buf
@@ -95,6 +98,7 @@ class Https:
         header names we keep: retry-after, content-type, location (values as bytes). `spill`:
         a bytearray bigger than `buf` to go on in when the answer does not fit there.
         """
+        self.sent = False
         if self.pause is not None:
             self.pause()
         ctx = self.context()
@@ -130,7 +134,8 @@ class Https:
                 # The first write makes the handshake, then goes out with the head.
                 buf = self.buf
                 n = 0
-                for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"):
+                at = b"" if port == 443 else b":%d" % port  # RFC 9110 7.2: a port, if not 443
+                for piece in (method, b" ", path, b" HTTP/1.1\r\nHost: ", host, at, b"\r\n"):
                     n = _put(s, buf, n, piece, lim)
                 for piece in headers:
                     n = _put(s, buf, n, piece, lim)
@@ -139,6 +144,7 @@ class Https:
                 send(s, memoryview(buf)[:n], lim)
                 if body:
                     send(s, body, lim)
+                self.sent = True
             except OSError as e:
                 # The request is not whole yet: the server cannot have acted on it. mbedTLS's
                 # errors are negative numbers: the handshake failed, not the connection. (No
@@ -187,6 +193,10 @@ class Https:
                 if skip or pos == 0 and n == size:
                     if not status:
                         raise HttpError(E_TOOBIG, "head")
+                    if not skip and _framing(buf):
+                        # Skipped, a second Content-Length could hide there: no framing
+                        # header may be longer than the buffer.
+                        raise HttpError(E_PROTO, "header")
                     # Keep a last CR: its LF may come next.
                     pos = n - 1 if buf[n - 1] == 13 else n
                     skip = True
@@ -254,6 +264,12 @@ class Https:
                 raise HttpError(E_TOOBIG, "body")
             body = _read_body(s, mv, n, length, max_body, lim, spill)
         return status, body, kept
+
+
+def _framing(buf):
+    """The line at the start of `buf` is a Content-Length or Transfer-Encoding header."""
+    head = bytes(buf[:18]).lower()
+    return head.startswith((b"content-length", b"transfer-encoding"))
 
 
 def _put(s, buf, n, piece, limits):

@@ -5,13 +5,15 @@ only what sampling needs.
 """
 
 from dash import drs, result
-from dash.https import E_TIMEOUT, HttpError, error_name
+from dash.https import HttpError, error_name
 from dash.platform import net_up
 
 
-def call(app, kind, path, body=b"", max_body=1024):
+def call(app, kind, path, body=b"", max_body=1024, rec=None):
     """((status, body, headers), None), or (None, (outcome, reason, maybe_sent,
-    retry-after)) when no answer came."""
+    retry-after)) when no answer came. `maybe_sent`: the request left whole, so the server may
+    have acted on it. `rec`: an order's slot record, marked `unc` when an attempt was refused
+    after it left (a server may act and still say no) before the retry."""
     if not net_up(*app.wifi):
         return None, (result.TRANSIENT, "network: no Wi-Fi", False, None)
     tokens = app.tokens
@@ -22,12 +24,13 @@ def call(app, kind, path, body=b"", max_body=1024):
         try:
             ans = drs.call(app.https, app.drs_url, kind, path, tokens.access, body, max_body)
         except HttpError as e:
-            code = e.args[0]
-            reason = "network: " + error_name(code)
-            return None, (result.TRANSIENT, reason, code >= E_TIMEOUT, None)
+            reason = "network: " + error_name(e.args[0])
+            return None, (result.TRANSIENT, reason, app.https.sent, None)
         finally:
             app.tick()
         if ans[0] in (400, 401, 403) and not again:
+            if rec is not None:
+                rec["unc"] = 1
             app.log("auth-refused", path=path, status=ans[0], action="refresh token, retry once")
             tokens.access = None  # refreshed when the loop comes round
             continue

@@ -139,7 +139,7 @@ def _replenish(app, sl):
     if not app.persist():  # the intent is on flash before anything leaves the device
         return result.TRANSIENT, None, None, "the intent could not be written to flash", None
     app.log("order-request", slot=sl.id, attempt=rec.get("att", 0))
-    ans, fail = call(app, drs.REPLENISH, drs.replenish_path(sl.id))
+    ans, fail = call(app, drs.REPLENISH, drs.replenish_path(sl.id), rec=rec)
     if fail:
         if fail[2]:
             rec["unc"] = 1  # the request may have been acted on

@@ -218,3 +218,12 @@ def test_each_transport_error_has_its_name():
     names = [https.error_name(c) for c in codes + (E_TOOBIG, https.E_CA)]
     assert names == ["dns", "connect", "tls", "timeout", "reset", "protocol", "too_big", "ca_file"]
     assert https.error_name(0) == https.error_name(9) == "unknown"  # never another's name
+
+
+def test_no_framing_header_hides_in_a_line_too_long_for_the_buffer():
+    long = b"X-Padding: " + b"a" * (BUF + 100) + b"\r\n"
+    ok = answer(b"HTTP/1.1 200 OK\r\n" + long + b"Content-Length: 2\r\n\r\n", b"ok")
+    assert bytes(ok[1]) == b"ok"  # a long line of another name is passed over
+    hidden = b"Content-Length: 9" + b"0" * (BUF + 100) + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + hidden + b"\r\n"
+    assert err(lambda: answer(head, b"ok")) == E_PROTO
