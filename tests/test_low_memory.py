@@ -64,3 +64,38 @@ def test_bench_heap_minimum_is_one_every_larger_size_meets():
     assert bench.Bench.heap_min(lambda kb: kb >= 58 and kb not in holes) == 64
     assert bench.Bench.heap_min(lambda kb: kb >= 58) == 58
     assert bench.Bench.heap_min(lambda kb: False) is None
+
+
+def test_tokens_that_grow_at_a_refresh_never_cost_the_registration(art, certs, tmp_path):
+    # The device holds short tokens; LwA's next answer carries ones of the largest documented
+    # size. Whatever room is left, the refresh has room for that answer before it is sent,
+    # or it is not sent: never a rotated refresh token lost to a MemoryError.
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=(bench.SLOT,),
+        client_id=bench.CLIENT_ID,
+        client_secret=bench.CLIENT_SECRET,
+    ) as emu:
+        b = bench.Bench(emu, certs, art, tmp_path)
+        outcomes = set()
+        for hog in range(0, 48, 6):
+            emu.access_token_chars, emu.refresh_token_chars = 400, 300
+            dev = b.device("mpy", 112)
+            dev.start()
+            try:
+                dev.command("hog", str(hog))
+                emu.access_token_chars = emu.refresh_token_chars = 2043
+                emu.expire_access_tokens()
+                dev.set_level(bench.LOW)
+                st = dev.run(3 * 3600)
+                outcomes.add(st["state"])
+            except (RuntimeError, TimeoutError):
+                outcomes.add("ended")
+            dev.stop()
+            dev.heap_kb = None
+            dev.start()
+            st = dev.run(3600)
+            dev.stop()
+            assert st["registered"], "registration lost with %d KB taken" % hog
+            assert st["state"] == "ordered", "with %d KB taken: %r" % (hog, st)
+        assert "ordered" in outcomes and len(outcomes) > 1, outcomes

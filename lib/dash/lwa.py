@@ -17,9 +17,10 @@ from dash.check import octets, printable, unreserved
 from dash.https import HttpError, error_name
 from dash.tokens import mark
 
-_MAX_ANSWER = const(6144)  # access + refresh token are at most 2 KB each
-_PIECE_MIN = const(640)
+_TOKEN_MAX = const(2048)  # LwA's access and refresh tokens are at most 2 KB each
+_PIECE = const(_TOKEN_MAX + 64)  # room for one token made at its size
 _FRAME = const(256)  # the JSON around an answer's tokens, and its chunk framing
+_ANSWER = const(2 * _PIECE + _FRAME)  # the largest answer taken
 
 
 def quote(s):
@@ -158,9 +159,9 @@ def parse_answer(status, body):
         rt = obj.get("refresh_token")
         exp = obj.get("expires_in", 3600)
         tt = obj.get("token_type", "bearer")
-        if not isinstance(at, str) or not 0 < len(at) <= 2048 or not printable(at):
+        if not isinstance(at, str) or not 0 < len(at) <= _TOKEN_MAX or not printable(at):
             return result.TRANSIENT, None, None, 0, "token answer has no usable access_token"
-        if rt is not None and (not isinstance(rt, str) or not 0 < len(rt) <= 2048):
+        if rt is not None and (not isinstance(rt, str) or not 0 < len(rt) <= _TOKEN_MAX):
             return result.TRANSIENT, None, None, 0, "token answer has a bad refresh_token"
         if not isinstance(tt, str) or tt.lower() != "bearer":
             return result.TRANSIENT, None, None, 0, "token answer is not a bearer token"
@@ -224,18 +225,15 @@ def grant(tokens, https, url, form, need_refresh):
     """One token request (a refresh, or a code exchange): (outcome, reason). On success the
     tokens are taken, a rotated refresh token persisted before anything uses it."""
     host, port, path = url
-    # Room for the answer's tokens (two token-sized pieces: `members` makes each once at its
-    # size, and saving the refresh token takes no copy of it), taken before the request
-    # leaves and given back once the answer is in: after LwA has answered, a rotated refresh
-    # token must not be lost for want of memory. The new tokens are about as long as the
-    # current ones. Without that room, nothing is sent. The answer (both tokens and the JSON
-    # around them) goes where the transport reads it; when it would not fit in the
-    # transport's buffer, into one reserved here.
-    piece = max(_PIECE_MIN, len(tokens.refresh), len(tokens.access or "")) + 64
-    answer = 2 * piece + _FRAME
+    # Room for the largest answer taken, and for its tokens (two token-sized pieces: `members`
+    # makes each once at its size, and saving the refresh token takes no copy of it), set
+    # aside before the request leaves and given back once the answer is in: after LwA has
+    # answered, a rotated refresh token must not be lost for want of memory, and LwA may
+    # answer with tokens longer than the ones it replaces. Without that room, nothing is sent;
+    # an answer bigger than it is refused, not read into memory found on the way.
     try:
-        spare = [bytearray(piece), bytearray(piece)]
-        spill = bytearray(answer) if answer > len(https.buf) else None
+        spare = [bytearray(_PIECE), bytearray(_PIECE)]
+        spill = bytearray(_ANSWER)
     except MemoryError:
         tokens.retry_after = None
         return result.TRANSIENT, "low memory: token refresh postponed"
@@ -246,7 +244,7 @@ def grant(tokens, https, url, form, need_refresh):
         path,
         (b"Content-Type: application/x-www-form-urlencoded\r\n",),
         form,
-        _MAX_ANSWER,
+        _ANSWER,
         spill,
     )
     del spare, spill  # free for the parse below (the GC collects when it runs short)
