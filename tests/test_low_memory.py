@@ -99,3 +99,29 @@ def test_tokens_that_grow_at_a_refresh_never_cost_the_registration(art, certs, t
             assert st["registered"], "registration lost with %d KB taken" % hog
             assert st["state"] == "ordered", "with %d KB taken: %r" % (hog, st)
         assert "ordered" in outcomes and len(outcomes) > 1, outcomes
+
+
+def test_a_boot_without_room_says_so_and_never_ends_the_firmware(art, certs, tmp_path):
+    # A 2 KB refresh token in secrets.json, less and less heap: the boot fails for want of
+    # memory, says so and tries again; the firmware never stops (it did: main.py ended).
+    with Emulator(
+        str(REPO / "build" / "certs"),
+        slots=(bench.SLOT,),
+        client_id=bench.CLIENT_ID,
+        client_secret=bench.CLIENT_SECRET,
+    ) as emu:
+        emu.access_token_chars = emu.refresh_token_chars = 2043
+        b = bench.Bench(emu, certs, art, tmp_path)
+        said = set()
+        for kb in (40, 56, 112):
+            dev = b.device("mpy", kb)
+            dev.set_level(bench.LOW)
+            dev.start()
+            try:
+                st = dev.run(30 * 60)  # alive: it answers, booted or not
+            finally:
+                dev.stop()
+            said |= {f.get("reason", "")[:18] for f in dev.tagged("error")}
+            if kb == 112:
+                assert st["state"] == "ordered"
+        assert "low memory at boot" in said

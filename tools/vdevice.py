@@ -22,7 +22,8 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
 Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown); VDEVICE_LIVE
-set: real time passes inside each step (see VirtualClock). From a ROMFS
+set: real time passes inside each step (see VirtualClock); VDEVICE_FAULTS set: the fault
+points of tools/faults.py (tools/vfaults.py, loaded only then). From a ROMFS
 image (device code and this harness), it is started by tools/vrom.py.
 """
 
@@ -74,6 +75,8 @@ def _answer(tag, obj):
 
 def main(romfs_heap=0):
     """romfs_heap: the heap the ROMFS image takes (tools/vrom.py), for the bench to subtract."""
+    if os.getenv("VDEVICE_FAULTS"):  # before the App is built; never loaded otherwise
+        import vfaults  # noqa: F401
     wall = os.getenv("VDEVICE_WALL")
     clock = VirtualClock(int(wall) if wall is not None else 1790000000, os.getenv("VDEVICE_LIVE"))
     app = App(".", clock)
@@ -94,8 +97,11 @@ def main(romfs_heap=0):
                 clock.t = clock.due
                 if clock.live:
                     clock.t0 = time.ticks_ms()
-                # A device idle for a bad config steps nothing; its cloud link still works.
+                # A device idle for a bad config steps nothing; its cloud link still works. One
+                # that had no memory to boot tries again, as main() does.
                 wait = app.step() if app.running else 60000
+                if not app.running and not app.reason:
+                    app.boot()
                 if clock.t0 is not None:  # the step's real time, then the sleep after it
                     clock.t += time.ticks_diff(time.ticks_ms(), clock.t0)
                     clock.t0 = None

@@ -168,7 +168,23 @@ class App:
     # -- boot -----------------------------------------------------------------------------
 
     def boot(self):
-        """Load config and persisted state. Returns False (and idles) when config is bad."""
+        """Load config and persisted state. Returns False (and idles) when config is bad. A
+        boot without memory enough says so and is tried again (`main`): the firmware never
+        ends for want of memory at boot."""
+        try:
+            ok = self._boot()
+        except MemoryError:
+            drop_phase("config")  # and whatever else it had loaded
+            self.log("error", reason="low memory at boot: tried again in a minute")
+            ok = False
+        if ok:
+            # Uptime counts from here: a device idle for a bad config took no steps.
+            self._last = self.clock.ticks_ms()
+            self._ms = 0
+        self.running = ok
+        return ok
+
+    def _boot(self):
         # The config checks (our biggest code) run before the rest of the resident code is
         # loaded, and their heap is collected before anything that stays is made: what stays
         # is then not strewn through where they were, cutting the free heap into pieces.
@@ -194,15 +210,9 @@ class App:
         from dash import platform, signal, store, tokens  # noqa: F401
 
         try:
-            ok = lib("start").boot(self, cfg, sec, errors, urls, off)
+            return lib("start").boot(self, cfg, sec, errors, urls, off)
         finally:
             drop_phase("start")  # and `episode`, if a slot resumed
-        if ok:
-            # Uptime counts from here: a device idle for a bad config took no steps.
-            self._last = self.clock.ticks_ms()
-            self._ms = 0
-        self.running = ok
-        return ok
 
     def _path(self, name):
         return name if name.startswith("/") else self.root + "/" + name
@@ -222,10 +232,15 @@ class App:
     def refingerprint(self):
         """Identify the provisioning a suspension is decided under (not the secrets)."""
         c = 0
+        buf = bytearray(128)  # a piece at a time: secrets.json may hold a 2 KB token
         for name in ("config.json", "secrets.json"):
             try:
                 with open(self._path(name), "rb") as f:
-                    c = crc32(f.read(), c)
+                    while True:
+                        n = f.readinto(buf)
+                        if not n:
+                            break
+                        c = crc32(memoryview(buf)[:n], c)
             except OSError:
                 pass
         self._fingerprint = c
@@ -572,6 +587,8 @@ def main():
         try:
             if app.running:
                 wait = app.step()
+            elif not app.reason:  # no memory to boot last time: again
+                app.boot()
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
             try:
                 app.log("error", reason=describe(e))
