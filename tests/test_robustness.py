@@ -137,3 +137,19 @@ def test_the_host_header_names_a_port_other_than_443(device, emulator):
     device.run(MIN)
     hosts = {r["headers"].get("host") for r in emulator.requests}
     assert hosts == {"localhost:%d" % emulator.port}  # RFC 9110 7.2
+
+
+def test_a_stale_temporary_file_never_stands_for_the_state(device, emulator):
+    device.run(5 * MIN)
+    before = (device.root / "state.json").read_bytes()  # no order yet
+    device.set_level(100)
+    assert device.run(10 * MIN)["state"] == "ordered"
+    eid = device.state_record()["ev"]
+    device.stop()
+    (device.root / "state.json.tmp").write_bytes(before)  # whole, good, and stale
+    device.start()
+    assert device.run(10 * MIN)["state"] == "ordered"
+    assert device.state_record()["ev"] == eid
+    emulator.mark_delivered("slot-a")  # delivered, not yet put in: still low
+    device.run(8 * 3600)
+    assert len(emulator.orders) == 1

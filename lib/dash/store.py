@@ -1,10 +1,15 @@
 """Atomic, checksummed JSON records on flash (littlefs on ESP32, the unix port's directory).
 
-Each record is one file: its JSON, a newline, `#` and the CRC-32 of the JSON in hex. A write
-goes to `<name>.tmp`, is closed (durable on littlefs), then renamed over the record (one atomic
-littlefs commit), so a power cut leaves the old record or the new one, never a mix; a whole
-`.tmp` left by a cut before the rename is the new one, and `load` takes it. A record
-that is missing, truncated or fails its checksum reads as None; the caller picks a safe default.
+Each record is one file: its JSON, a newline, `#`, a checksum in hex, a space and the record's
+sequence number (one more at each write of it). The checksum is the CRC-32 of the JSON, carried
+on over the sequence number's digits, so neither can change unnoticed. A write goes to
+`<name>.tmp`, is closed (durable on littlefs), then renamed over the record (one atomic
+littlefs commit), so a power cut leaves the old record or the new one, never a mix. A whole
+`.tmp` left by a cut before the rename is the new one, and `load` takes it, but only when its
+sequence number says it is newer than the record: a stale one (a copy, a failed rename long
+ago) is removed. A record that is missing, truncated or fails its checksum reads as None; the
+caller picks a safe default. (Records written before sequence numbers end at the checksum and
+count as number 0.)
 A record identical to the last one written or read is not written again. A record is written
 an item at a time, never built whole in memory (a 2 KB token would otherwise be copied three
 times over while saving it).
@@ -21,7 +26,7 @@ from micropython import const
 from dash.check import printable
 
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
-_TAIL = b"\n#%08x\n"  # after the JSON: its CRC-32
+_TAIL = b"\n#%08x %d\n"  # after the JSON: the checksum, the sequence number
 
 
 def _pieces(obj):
@@ -43,42 +48,46 @@ def _pieces(obj):
     yield "{}" if sep == "{" else "}"
 
 
+def _tail(crc, seq):
+    return _TAIL % (crc32(b"%d" % seq, crc), seq)
+
+
 def pack(obj):
-    """(record bytes, CRC) of a dict."""
+    """(record bytes, CRC of the JSON) of a dict (number 0: the RTC memory keeps one)."""
     body = json.dumps(obj).encode()
     crc = crc32(body)
-    return body + _TAIL % crc, crc
+    return body + _tail(crc, 0), crc
 
 
 def unpack(raw):
-    """(dict, CRC) from record bytes, or (None, 0) when truncated, corrupt or not ours."""
+    """(dict, CRC of the JSON, sequence number) from record bytes, or (None, 0, 0) when
+    truncated, corrupt or not ours."""
     cut = raw.rfind(b"\n#")
     if cut < 0:
-        return None, 0
+        return None, 0, 0
     body = raw[:cut]
+    crc = crc32(body)
     try:
-        crc = int(raw[cut + 2 :].strip(), 16)
-    except ValueError:
-        return None, 0
-    if crc32(body) != crc:
-        return None, 0
-    try:
+        tail = raw[cut + 2 :].split()
+        seq = int(tail[1]) if len(tail) > 1 else 0
+        if int(tail[0], 16) != (crc32(b"%d" % seq, crc) if len(tail) > 1 else crc):
+            return None, 0, 0
         obj = json.loads(body)
-    except ValueError:
-        return None, 0
-    return (obj, crc) if isinstance(obj, dict) else (None, 0)
+    except (ValueError, IndexError):
+        return None, 0, 0
+    return (obj, crc, seq) if isinstance(obj, dict) else (None, 0, 0)
 
 
 def _read(path):
-    """(dict, CRC) of the record at `path`, or (None, 0)."""
+    """(dict, CRC, sequence number) of the record at `path`, or (None, 0, 0)."""
     try:
         size = os.stat(path)[6]
         if size > _MAX:
-            return None, 0  # not ours
+            return None, 0, 0  # not ours
         with open(path, "rb") as f:
             raw = f.read(size)  # no buffer bigger than the record
     except OSError:
-        return None, 0
+        return None, 0, 0
     return unpack(raw)
 
 
@@ -96,27 +105,32 @@ class Store:
         self.root = root
         self.writes = 0  # flash writes since boot, for tests and benchmarks
         self.bytes = 0
-        self._crc = {}
+        self._crc = {}  # name: CRC of the JSON last written or read (unchanged: not written)
+        self._seq = {}  # name: its sequence number
 
     def _path(self, name):
         return self.root + "/" + name
 
     def load(self, name):
-        """The record as a dict, or None when it is missing or corrupt. A whole `.tmp` (its
-        checksum good) is a write the power cut between its close and its rename: newer than
-        the record (a rotated refresh token LwA already holds, say). It is taken, and renamed
-        into place now."""
+        """The record as a dict, or None when it is missing or corrupt. A whole `.tmp` newer
+        than the record (its sequence number) is a write the power cut between its close and
+        its rename (a rotated refresh token LwA already holds, say): it is taken, and renamed
+        into place now. Any other `.tmp` is removed."""
         path = self._path(name)
-        obj, crc = _read(path + ".tmp")
-        if obj is not None:
-            try:
-                os.rename(path + ".tmp", path)
-            except OSError:
-                pass
-        else:
-            obj, crc = _read(path)
+        tmp = path + ".tmp"
+        obj, crc, seq = _read(path)
+        t_obj, t_crc, t_seq = _read(tmp)
+        try:
+            if t_obj is not None and (obj is None or t_seq > seq):
+                obj, crc, seq = t_obj, t_crc, t_seq
+                os.rename(tmp, path)
+            elif self.exists(name + ".tmp"):
+                os.remove(tmp)
+        except OSError:
+            pass
         if obj is not None:
             self._crc[name] = crc
+            self._seq[name] = seq
         return obj
 
     def save(self, name, obj):
@@ -128,11 +142,13 @@ class Store:
             return False
         path = self._path(name)
         tmp = path + ".tmp"
+        seq = self._seq.get(name, 0) + 1
+        self._seq[name] = seq  # a .tmp that stays is newer than the record, older than the next
         n = 0
         with open(tmp, "wb") as f:
             for piece in _pieces(obj):
                 n += f.write(piece)
-            n += f.write(_TAIL % crc)
+            n += f.write(_tail(crc, seq))
         try:
             os.rename(tmp, path)
         except OSError:
@@ -147,6 +163,7 @@ class Store:
 
     def remove(self, name):
         self._crc.pop(name, None)
+        self._seq.pop(name, None)
         for p in (self._path(name), self._path(name) + ".tmp"):
             try:
                 os.remove(p)

@@ -1,6 +1,9 @@
+import json
 import os
+from binascii import crc32
 
-from dash.store import Store, pack
+from dash import store
+from dash.store import Store
 
 ROOT = "/tmp/dash-unit-store"
 
@@ -58,11 +61,17 @@ def test_after_load_an_identical_save_is_skipped():
     assert s2.save("a.json", {"k": 2})
 
 
+def record(obj, seq):
+    """A record as the store writes it, with sequence number `seq`."""
+    body = json.dumps(obj).encode()
+    return body + store._tail(crc32(body), seq)
+
+
 def test_a_write_cut_before_its_rename_is_taken_and_a_cut_one_is_not():
     s = fresh_store()
     old, new = {"rt": "Atzr|old"}, {"rt": "Atzr|rotated"}
-    s.save("tokens.json", old)
-    rec = pack(new)[0]
+    s.save("tokens.json", old)  # number 1
+    rec = record(new, 2)
     with open(ROOT + "/tokens.json.tmp", "wb") as f:
         f.write(rec[:-4])  # the power went while it was being written
     assert Store(ROOT).load("tokens.json") == old
@@ -71,6 +80,21 @@ def test_a_write_cut_before_its_rename_is_taken_and_a_cut_one_is_not():
     assert Store(ROOT).load("tokens.json") == new
     assert "tokens.json.tmp" not in os.listdir(ROOT)  # renamed into place at once
     assert Store(ROOT).load("tokens.json") == new
+
+
+def test_a_stale_temporary_file_is_never_taken_for_the_record():
+    s = fresh_store()
+    first, now = {"ev": "amzn1.dash.v2.o.first"}, {"ev": "amzn1.dash.v2.o.now"}
+    s.save("state.json", first)  # number 1
+    s.save("state.json", now)  # number 2
+    with open(ROOT + "/state.json.tmp", "wb") as f:
+        f.write(record(first, 1))  # whole, checksum good, and older
+    assert Store(ROOT).load("state.json") == now
+    assert "state.json.tmp" not in os.listdir(ROOT)  # and it is gone
+    # Its number is part of the checksum: made to look newer, it is not taken either.
+    with open(ROOT + "/state.json.tmp", "wb") as f:
+        f.write(record(first, 1).replace(b" 1\n", b" 9\n"))
+    assert Store(ROOT).load("state.json") == now
 
 
 def test_a_failed_rename_makes_the_next_save_write_again():
