@@ -153,3 +153,13 @@ def test_a_stale_temporary_file_never_stands_for_the_state(device, emulator):
     emulator.mark_delivered("slot-a")  # delivered, not yet put in: still low
     device.run(8 * 3600)
     assert len(emulator.orders) == 1
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"rt": "Atzr|tru', b"\x00\xff" * 40])
+def test_a_damaged_tokens_file_is_said(device, damage):
+    device.run(5 * MIN)  # a refresh: the rotated token in tokens.json
+    device.stop()
+    (device.root / "tokens.json").write_bytes(damage)
+    device.start()
+    (said,) = [f for f in device.tagged("state-reset") if f.get("file") == "tokens.json"]
+    assert "rotated last is lost" in said["reason"]

@@ -40,7 +40,7 @@ def boot(app, cfg, sec, errors, urls, off=()):
     from dash.https import HttpError, Https
     from dash.signal import Signal
     from dash.store import Store, unpack
-    from dash.tokens import Tokens
+    from dash.tokens import TOKENS, Tokens
 
     # Kept: what runs after boot reads. The URLs (parsed already), the trust store's file, the
     # transport's and the tokens' settings are used here only: their strings need not stay.
@@ -59,6 +59,10 @@ def boot(app, cfg, sec, errors, urls, off=()):
     except (HttpError, MemoryError):
         pass  # the first request tries again, and reports it
     app.warm = unpack(app.rtc.read())[0] or {}
+    if app.store.exists(TOKENS) and app.store.load(TOKENS) is None:
+        # Said, or a maker cannot tell why LwA later refuses the registration.
+        why = "damaged: the refresh token LwA rotated last is lost; the one of secrets.json"
+        app.log("state-reset", file=TOKENS, reason=why + " is used (LwA may refuse it)")
     app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
     slots = []  # the app's only once all of them could be made
     for sc in cfg["slots"]:  # each Slot keeps what it needs of its part
