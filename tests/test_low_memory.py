@@ -113,7 +113,7 @@ def test_a_boot_without_room_says_so_and_never_ends_the_firmware(art, certs, tmp
         emu.access_token_chars = emu.refresh_token_chars = 2043
         b = bench.Bench(emu, certs, art, tmp_path)
         said = set()
-        for kb in (40, 56, 112):
+        for kb in (48, 112):
             dev = b.device("mpy", kb)
             dev.set_level(bench.LOW)
             dev.start()

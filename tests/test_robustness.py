@@ -163,3 +163,54 @@ def test_a_damaged_tokens_file_is_said(device, damage):
     device.start()
     (said,) = [f for f in device.tagged("state-reset") if f.get("file") == "tokens.json"]
     assert "rotated last is lost" in said["reason"]
+
+
+def test_a_sensor_unreadable_from_boot_is_said(make_device):
+    dev = make_device()
+    (dev.root / "level.txt").unlink()  # wired wrong: nothing to read from the start
+    dev.start()
+    dev.run(5 * MIN)
+    (fault,) = dev.tagged("sensor-fault")
+    assert fault["fault"] == "unreadable" and fault["slot"] == "slot-a"
+    dev.set_level(900)
+    dev.run(2 * MIN)
+    assert dev.tagged("sensor-ok") and dev.status()["state"] == "monitor"
+
+
+def test_one_glitch_at_the_top_is_not_a_refill_while_an_order_is_out(make_device, emulator):
+    sensor = {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000, "median": 1}
+    dev = make_device(config={"sensor": sensor}).start()
+    dev.set_level(100)
+    assert dev.run(10 * MIN)["state"] == "ordered"
+    dev.set_level(950)  # a door shut on the load cell: one reading
+    dev.run(MIN)
+    dev.set_level(100)
+    st = dev.run(10 * MIN)
+    assert st["state"] == "ordered" and not dev.tagged("refilled")
+    emulator.mark_delivered("slot-a")  # delivered, not yet put in: still low
+    dev.run(8 * 3600)
+    assert len(emulator.orders) == 1
+    dev.set_level(950)  # put in: the readings stay at the top
+    assert dev.run(5 * MIN)["state"] == "monitor" and dev.tagged("refilled")
+
+
+def test_a_level_hovering_at_a_threshold_does_not_flood_the_log(make_device):
+    dev = make_device(
+        config={"sample_s": 5, "confirm_samples": 5, "sensor": dict(median=1, **FILE_SENSOR)}
+    ).start()
+    dev.run(MIN)
+    for i in range(120):  # ten minutes around `low`, and a sensor coming and going
+        if i % 4 == 3:
+            (dev.root / "level.txt").unlink()
+        else:
+            dev.set_level(199 if i % 2 else 201)
+        dev.run(5)
+    noisy = [(up, t, f) for up, t, f in dev.events if t in ("state", "sensor-fault", "sensor-ok")]
+    per_minute = {}
+    for up, _, _ in noisy:
+        per_minute[up // 60] = per_minute.get(up // 60, 0) + 1
+    assert max(per_minute.values()) <= 6, per_minute
+    assert any(f.get("hushed") for _, _, f in noisy)  # and it says how many it left out
+
+
+FILE_SENSOR = {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000}

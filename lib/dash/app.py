@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 VERSION = "0.5.0"  # the firmware's, as package.json has it
 STATE = "state.json"
 _F_UNREADABLE = const(-5)
+_NO_READING = const(-9)  # a slot's level before its first reading
+_NOISY = ("state", "sensor-fault", "sensor-ok")  # a level hovering, a sensor flapping
+_NOISY_MAX = const(6)  # lines of those a minute, the rest counted (`hushed`)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
 _DAY = const(86400)
 BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
@@ -82,7 +85,7 @@ class Slot:
         self.sensor = sensor
         self.signal = signal
         self.fsm = machine
-        self.level = -1
+        self.level = _NO_READING
         self.orders = 0  # orders placed since boot
         self.reason = ""  # why suspended or unsubscribed
         self.deadline = -1  # back-off end, in uptime seconds; -1 = none
@@ -140,6 +143,9 @@ class App:
         self._refused = None  # this step's refused token refresh: not tried twice in a step
         self._due_slot = None
         self._unsaved = False  # a persist() found no memory: the next step writes the state
+        self._noisy = 0  # noisy lines this minute (`log`)
+        self._noisy_at = 0
+        self._hushed = 0
         self.running = False  # booted with a good config: steps run
         self.link = None  # the cloud link (`cloud`), when config.json has "mqtt"
         self.pending = None  # a command from the cloud that calls DRS: (kind, arg, id)
@@ -148,7 +154,20 @@ class App:
 
     def log(self, tag, **fields):
         """One line per event: uptime seconds, a tag, JSON details. Never given a secret.
-        Never raises for want of memory: then the line is the tag alone."""
+        Never raises for want of memory: then the line is the tag alone. The noisy ones (a
+        level hovering at a threshold, a sensor flapping) are at most `_NOISY_MAX` a minute;
+        the next one says how many were left out (`hushed`)."""
+        if tag in _NOISY:
+            if self.up_s - self._noisy_at >= 60:
+                self._noisy_at = self.up_s
+                self._noisy = 0
+            self._noisy += 1
+            if self._noisy > _NOISY_MAX:
+                self._hushed += 1
+                return
+            if self._hushed:
+                fields["hushed"] = self._hushed
+                self._hushed = 0
         f = "{}"
         try:
             f = json.dumps(fields)
@@ -380,9 +399,14 @@ class App:
         was = m.durable()
         raw = sl.sensor.read()
         level = _F_UNREADABLE if raw is None else sl.signal.feed(raw)
-        if 0 <= level < sl.level:
+        prev = sl.level
+        if 0 <= level < prev:
             sl.used_up = self.up_s
         sl.level = level
+        if before == fsm.WARMUP and (level < 0) != (prev < 0 and prev != _NO_READING):
+            # Warm-up does not count a fault, and no state change says it: said here (a sensor
+            # wired wrong shows from the first reading).
+            self._sensor(sl, level)
         if before == fsm.SUSPENDED:
             # Still read: a refill while suspended ends the episode, or the slot would resume
             # waiting for one that came and went. As many high readings in a row as a warm-up.
@@ -415,12 +439,8 @@ class App:
         """Log a state change and persist it; a return to MONITOR from an open episode (`was`:
         the state it left, or the one a warm-up or a fault was to resume) closes it."""
         level = sl.level
-        if new == fsm.FAULT:
-            from dash.signal import fault_name
-
-            self.log("sensor-fault", slot=sl.id, fault=fault_name(level), raw_level=level)
-        elif old == fsm.FAULT:
-            self.log("sensor-ok", slot=sl.id, level=level)
+        if new == fsm.FAULT or old == fsm.FAULT:
+            self._sensor(sl, level)
         self.log("state", slot=sl.id, frm=fsm.name(old), to=fsm.name(new), level=level)
         if self.link is not None:
             self.link.dirty = True  # the cloud's retained state is behind
@@ -430,6 +450,15 @@ class App:
             self._close(sl)
         if new != fsm.ORDERING:  # _order() persists the intent in the same write
             self.persist()
+
+    def _sensor(self, sl, level):
+        """A sensor's reading turned faulty (`level` < 0), or sane again."""
+        if level < 0:
+            from dash.signal import fault_name
+
+            self.log("sensor-fault", slot=sl.id, fault=fault_name(level), raw_level=level)
+        else:
+            self.log("sensor-ok", slot=sl.id, level=level)
 
     @staticmethod
     def _close(sl):

@@ -136,6 +136,16 @@ class Machine:
             if self._count >= self.confirm:
                 return self.event(_E_CONFIRMED)
             return self.state
+        if s == ORDERED or s == INPROGRESS or s == RETRY:
+            # An order may be out: a refill is confirmed over as many readings in a row as a
+            # low is, two at least, whatever the filter (a load cell is bumped when a door
+            # shuts, and one glitch taken for a refill would re-arm the slot).
+            if ev != _E_HIGH:
+                self._count = 0
+                return s
+            self._count += 1
+            if self._count < self.confirm or self._count < 2:
+                return s
         return self.event(ev)
 
     def event(self, ev):
