@@ -191,11 +191,12 @@ def test_trust_store_bundle_with_several_roots(make_device, emulator, certs, tmp
 
 
 def test_missing_trust_store_is_a_clean_error(device, emulator):
+    # A config error like any other (named, idle, no calls): test_robustness.py has more.
     (device.root / "ca.pem").write_text("not a certificate\n")
     device.restart()
     st = drain(device)
-    assert st["state"] == "retry" and emulator.requests == []
-    assert "ca" in first_failure(device)
+    assert st["state"] == "suspended" and st["reason"] == "config"
+    assert emulator.requests == [] and "'ca_file'" in device.tagged("config-error")[0]["message"]
 
 
 def test_oversized_answer_is_a_clean_error(device, emulator):

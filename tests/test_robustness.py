@@ -214,3 +214,19 @@ def test_a_level_hovering_at_a_threshold_does_not_flood_the_log(make_device):
 
 
 FILE_SENSOR = {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000}
+
+
+@pytest.mark.parametrize("ca", [None, b"", b"not a certificate at all\n"])
+def test_a_trust_store_that_cannot_be_used_is_a_config_error(make_device, emulator, ca):
+    dev = make_device()
+    if ca is None:
+        (dev.root / "ca.pem").unlink()
+    else:
+        (dev.root / "ca.pem").write_bytes(ca)
+    dev.start()
+    assert dev.boot_ok is False
+    (err,) = dev.tagged("config-error")
+    assert "'ca_file'" in err["message"]
+    dev.set_level(100)
+    dev.run(30 * MIN)
+    assert emulator.requests == []  # idle: no calls, no back-offs climbing

@@ -23,13 +23,16 @@ def unreserved(c):
 
 
 def valid_slot(s, maxlen=128):
-    """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters."""
+    """A slot id (or an event id) goes into a URL path verbatim: only unreserved characters,
+    and not only dots."""
     if not isinstance(s, str) or not 0 < len(s) <= maxlen:
         return False
+    dots = True
     for c in octets(s):
         if not unreserved(c):
             return False
-    return True
+        dots = dots and c == 46
+    return not dots  # "." or "..": a dot-segment, not a name (RFC 3986 5.2.4)
 
 
 def printable(s):

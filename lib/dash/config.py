@@ -128,7 +128,7 @@ def _keys(schema):
     return [schema[i] for i in range(0, len(schema), 5)]
 
 
-def _check(src, schema, out, errors, where, prefix=""):
+def _check(src, schema, out, errors, where, prefix="", text=None):
     for i in range(0, len(schema), 5):
         key, typ, lo, hi, default = schema[i : i + 5]
         name = prefix + key
@@ -155,7 +155,7 @@ def _check(src, schema, out, errors, where, prefix=""):
                 continue
             bad = None
             if typ == "s" and not valid_slot(v):
-                bad = "may only hold letters, digits and - . _ ~"
+                bad = "may only hold letters, digits and - . _ ~, and not only dots"
             elif typ == "u" and parse_url(v) is None:
                 bad = "must be an https:// URL"
             elif typ == "f" and ".." in v:
@@ -183,8 +183,12 @@ def _check(src, schema, out, errors, where, prefix=""):
     known = _keys(schema)
     for key in src:
         if key not in known:
-            if where == SECRETS and not _plain(key):  # a token pasted as a key: not echoed
-                key = "(%d characters, not shown)" % len(key)
+            if where == SECRETS:
+                # Never echoed: a password pasted as a key would land in the log. Where it is.
+                at = text.find(json.dumps(key)) if text else -1
+                line = "on line %d" % (text.count("\n", 0, at) + 1) if at >= 0 else ""
+                errors.append("%s: the key %s is not a known key (not shown)" % (where, line))
+                continue
             errors.append("%s: '%s%s' is not a known key" % (where, prefix, key))
 
 
@@ -196,12 +200,9 @@ def _chars(v, extra):
     return True
 
 
-def _plain(key):
-    """A key name as ours are written (a typo of one, say): lower case, digits and _."""
-    return len(key) <= 32 and all(c == "_" or "a" <= c <= "z" or "0" <= c <= "9" for c in key)
-
-
-def read(path, errors):
+def read(path, errors, texts=None):
+    """The JSON object in the file at `path`, or None (and why, in `errors`). `texts`: a list
+    the file's text is put in too."""
     import os
 
     try:
@@ -226,6 +227,8 @@ def read(path, errors):
     if not isinstance(obj, dict):
         errors.append("%s: must be a JSON object" % path)
         return None
+    if texts is not None:
+        texts.append(text)
     return obj
 
 
@@ -255,7 +258,7 @@ def _check_slot(src, out, errors, prefix):
         out["report_delta"] = cap // 100 or 1  # report consumption in steps of 1 %
 
 
-def validate(raw, secrets):
+def validate(raw, secrets, secrets_text=None):
     """(config dict, secrets dict, errors list) from already-parsed JSON objects.
 
     The config always comes out with a "slots" list, whichever form the file used."""
@@ -304,7 +307,7 @@ def validate(raw, secrets):
         if "retry_base_s" in cfg and cfg.get("retry_cap_s", 0) < cfg["retry_base_s"]:
             errors.append("%s: 'retry_cap_s' must not be below 'retry_base_s'" % CONFIG)
     if secrets is not None:
-        _check(secrets, _SECRET, sec, errors, SECRETS)
+        _check(secrets, _SECRET, sec, errors, SECRETS, text=secrets_text)
     # The cloud link's password is the link's trouble, not the device's (see `_check_mqtt`).
     pw = [e for e in errors if "'mqtt_password'" in e]
     if raw is not None and "mqtt" in raw:
@@ -349,6 +352,7 @@ def load(root="."):
     """Read and validate both files under `root`. Returns (config, secrets, errors)."""
     errors: list = []
     raw = read(root + "/" + CONFIG, errors)
-    secrets = read(root + "/" + SECRETS, errors)
-    cfg, sec, more = validate(raw, secrets)
+    texts: list = []
+    secrets = read(root + "/" + SECRETS, errors, texts)
+    cfg, sec, more = validate(raw, secrets, texts[0] if texts else None)
     return cfg, sec, errors + more

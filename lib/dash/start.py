@@ -56,8 +56,11 @@ def boot(app, cfg, sec, errors, urls, off=()):
         app.https.pause = app.link.pause  # one TLS session at a time
     try:
         app.https.context()
-    except (HttpError, MemoryError):
-        pass  # the first request tries again, and reports it
+    except HttpError:  # nothing could ever be verified: a config error like any other
+        why = "config.json: 'ca_file': %s cannot be read, or holds no certificate"
+        return boot(app, cfg, sec, [why % cfg["ca_file"]], urls)
+    except MemoryError:
+        pass  # the first request tries again
     app.warm = unpack(app.rtc.read())[0] or {}
     if app.store.exists(TOKENS) and app.store.load(TOKENS) is None:
         # Said, or a maker cannot tell why LwA later refuses the registration.

@@ -30,7 +30,7 @@ def status(app):
                 "subscribed": None if sub is None or sub < 0 else sub == 1,
             }
         )
-    ok = bool(app.cfg)
+    ok = app.running  # (a boot that stopped half-way set some of it)
     out = {
         "fw": VERSION,
         "up_s": app.up_s,
