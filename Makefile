@@ -10,7 +10,7 @@ MPLIB := build/mplib
 MPLIB_STAMP := $(MPLIB)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all venv certs mplib broker sim test unit lint bench board deploy deploy-romfs provision status clean
+.PHONY: all venv certs mplib broker sim test unit lint bench faults board deploy deploy-romfs provision status clean
 
 all: test
 
@@ -63,6 +63,11 @@ lint: $(STAMP) $(STUBS)
 # RAM, flash wear, handshakes, latency and code size beside a naive baseline (a few minutes).
 bench: certs mplib broker
 	$(BIN)/python tools/bench.py
+
+# Power cuts at every point of an order cycle and of a token rotation, hostile servers under a
+# small heap, back-offs against the time the answer came (minutes; `make test` runs a slice).
+faults: certs mplib broker
+	$(BIN)/python tools/faults.py
 
 # The bench workflow on a board (PORT=/dev/ttyUSB0, or an mpremote shortcut such as u0).
 PORT ?=
