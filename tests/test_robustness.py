@@ -230,3 +230,29 @@ def test_a_trust_store_that_cannot_be_used_is_a_config_error(make_device, emulat
     dev.set_level(100)
     dev.run(30 * MIN)
     assert emulator.requests == []  # idle: no calls, no back-offs climbing
+
+
+def test_an_lwa_outage_costs_as_few_refreshes_for_eight_slots_as_for_one(certs, tmp_path):
+    from conftest import slots_device
+
+    def slot(sid):
+        sensor = dict(FILE_SENSOR, path=sid + ".txt")
+        return {"slot_id": sid, "low": 200, "high": 800, "sensor": sensor}
+
+    asked = {}
+    for n in (1, 8):
+        sids = ["s%d" % i for i in range(n)]
+        cfg = {"slots": [slot(s) for s in sids], "retry_base_s": 30, "retry_cap_s": 3600}
+        with slots_device(certs, tmp_path / str(n), sids, cfg) as (emu, dev):
+            for s in sids:
+                dev.set_level(900, s + ".txt")
+            dev.start()
+            dev.run(10 * MIN)
+            emu.inject("/auth/o2/token", "status", times=10000, status=500)  # no Retry-After
+            emu.expire_access_tokens()
+            before = len(emu.requests_to("/auth/"))
+            for s in sids:
+                dev.set_level(100, s + ".txt")  # every slot wants to order, and to report
+            dev.run(3600)
+            asked[n] = len(emu.requests_to("/auth/")) - before
+    assert asked[8] <= asked[1] + 2, asked  # the refresh backs off device-wide

@@ -136,7 +136,8 @@ class App:
         self.ds_up = -1  # uptime s when DeviceStatus is due; -1 = wall clock not known yet
         self.wall_retry = 0
         self.duty_at = 0  # no device-wide periodic call before this uptime (after failures)
-        self.lwa_at = 0  # no token refresh before this uptime (LwA's Retry-After)
+        self.lwa_at = 0  # no token refresh before this uptime (LwA's back-off, or Retry-After)
+        self.lwa_att = 0
         self.duty_att = 0
         self.verify_reg = False  # a DeviceDeregistered was relayed: ask LwA
         self.creds_bad = False  # LwA refused the client: no call until the secrets change
@@ -382,7 +383,7 @@ class App:
             cfg["retry_base_s"],
             cfg["retry_cap_s"],
             self.rand(),
-            parse_retry_after(failed[2]),
+            parse_retry_after(failed[2], self.clock.wall()),
         )
         owner.duty_att += 1
         owner.duty_at = self.up_s + delay
@@ -503,17 +504,27 @@ class App:
             if not self.tokens.registered:
                 return (result.REVOKED, "not registered", False, None)
             wait = self.lwa_at - self.up_s
-            if wait > 0:  # LwA's Retry-After holds for every slot and call, not one
-                return (result.TRANSIENT, "LwA asked to wait", False, b"%d" % wait)
+            if wait > 0:  # LwA's back-off holds for every slot and call, not one
+                return (result.TRANSIENT, "LwA backing off", False, b"%d" % wait)
             try:
                 self._refused = lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
                 self._refused = (result.TRANSIENT, describe(e), False, None)
             drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
-            if self._refused and self._refused[3]:
-                from dash.backoff import parse_retry_after
+            r = self._refused
+            if r is None:
+                self.lwa_att = 0
+            elif r[0] == result.TRANSIENT:
+                # Device-wide, as its Retry-After: an LwA outage costs the same few requests
+                # for eight slots as for one.
+                from dash.backoff import parse_retry_after, retry_delay_s
 
-                wait = min(parse_retry_after(self._refused[3]), self.cfg["retry_cap_s"])
+                cfg = self.cfg
+                ra = parse_retry_after(r[3], self.clock.wall())
+                wait = retry_delay_s(
+                    self.lwa_att, cfg["retry_base_s"], cfg["retry_cap_s"], self.rand(), ra
+                )
+                self.lwa_att += 1
                 self.lwa_at = self.up_s + wait
         return self._refused
 

@@ -27,16 +27,43 @@ def retry_delay_s(attempt, base_s, cap_s, rnd, retry_after_s=-1):
     return delay
 
 
-def parse_retry_after(value):
-    """Seconds from a Retry-After header value (bytes), or -1. HTTP dates are not trusted.
-    A huge number is still a long wait: it saturates, it is not taken as no Retry-After."""
+def parse_retry_after(value, now=0):
+    """Seconds from a Retry-After header value (bytes): delay-seconds, or an HTTP date
+    (RFC 9110 10.2.3, IMF-fixdate) when the wall clock `now` (Unix seconds) is known; -1 when
+    there is none, or it cannot be read. A huge number is still a long wait: it saturates,
+    it is not taken as no Retry-After."""
     if not value:
         return -1
+    value = value.strip()
     n = 0
-    for c in value.strip():
+    for c in value:
         if c < 48 or c > 57:
-            return -1
+            return _date(value, now)
         n = n * 10 + c - 48
         if n > _RA_MAX:
             n = _RA_MAX
     return n
+
+
+_MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+
+
+def _date(value, now):
+    """Seconds until an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), 0 when it is past."""
+    try:
+        _, d, mon, y, hms, gmt = value.split()
+        m = _MONTHS.find(mon) // 3 + 1
+        h, mi, sec = hms.split(b":")
+        if not now or gmt != b"GMT" or m < 1 or len(mon) != 3:
+            return -1
+        y = int(y)
+        # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+        y -= m <= 2
+        era = y // 400
+        yoe = y - era * 400
+        doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * (m + (9 if m <= 2 else -3)) + 2) // 5
+        days = era * 146097 + doe + int(d) - 1 - 719468
+        at = days * 86400 + int(h) * 3600 + int(mi) * 60 + int(sec)
+    except ValueError:
+        return -1
+    return min(max(0, at - now), _RA_MAX)

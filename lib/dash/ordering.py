@@ -91,7 +91,7 @@ def _take(app, sl, outcome, eid, code, reason, retry_after):
             cfg["retry_base_s"],
             cfg["retry_cap_s"],
             app.rand(),
-            parse_retry_after(retry_after),
+            parse_retry_after(retry_after, app.clock.wall()),
         )
         rec["att"] = att + 1
         sl.deadline = app.up_s + delay

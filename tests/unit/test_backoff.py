@@ -23,7 +23,7 @@ def test_retry_after_is_a_floor_within_the_cap():
 def test_parse_retry_after():
     assert parse_retry_after(b"120") == 120
     assert parse_retry_after(b" 7 ") == 7
-    assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") == -1
+    assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") == -1  # no clock: no date
     assert parse_retry_after(b"") == -1
     assert parse_retry_after(None) == -1
     assert parse_retry_after(b"12a") == -1
@@ -37,3 +37,13 @@ def test_a_huge_retry_after_saturates_and_the_cap_bounds_it():
         assert ra > 7 * 86400, (v, ra)  # above the longest retry_cap_s the config allows
         assert retry_delay_s(0, 30, 21600, 0, ra) == 21600
     assert parse_retry_after(b"99999999999999x") == -1  # still not a number
+
+
+def test_a_retry_after_as_an_http_date_counts_from_the_clock():
+    # RFC 9110 allows a date; it was ignored. 1445412480 is Wed, 21 Oct 2015 07:28:00 GMT.
+    date = b"Wed, 21 Oct 2015 07:28:00 GMT"
+    assert parse_retry_after(date, 1445412480 - 90) == 90
+    assert parse_retry_after(date, 1445412480 + 5) == 0  # past: no wait
+    assert parse_retry_after(b"Tue, 29 Feb 2028 23:59:59 GMT", 1835481599 - 1) == 1
+    for bad in (b"Wed, 21 Oct 2015 07:28:00 CET", b"Wed, 21 Okt 2015 07:28:00 GMT", b"21 Oct"):
+        assert parse_retry_after(bad, 1445412480) == -1, bad
