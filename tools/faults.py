@@ -514,6 +514,7 @@ def check_memory(case, dev, died):
             case.bad("memory_errors_uncaught", "error: %s" % str(f.get("reason", f))[:120])
         elif "MemoryError" in str(f.get("reason", "")):
             case.counts["memory_errors_caught"] += 1
+            case.said.append("%s: %s" % (tag, str(f["reason"])[:100]))
 
 
 # -- kill points ---------------------------------------------------------------------------------
@@ -616,7 +617,7 @@ def count_points(scenario, work):
             sent += 1
             if name.endswith(TOKEN_PATH):
                 last_token_sent = n
-        if name == "close tokens.json.tmp":
+        if name.startswith("close tokens.json"):
             last_token_sent = None  # the rotated token is whole on flash from here on
         if n in window:
             points.append(
