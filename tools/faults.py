@@ -934,7 +934,7 @@ def quick_points(points):
 def plan(args, work, say):
     """The cases to run: a list of (runner, spec)."""
     only = {}
-    for cid in args.case or ():
+    for cid in dict.fromkeys(args.case or ()):  # each once: a case's flash is named after it
         parts = cid.split("/")
         only.setdefault(parts[0], []).append(parts[1:])
     scenarios = set(args.scenario or ())
@@ -1099,6 +1099,12 @@ def main(argv=None):
     summary["seconds"] = round(time.monotonic() - t0, 1)
     failed = [r for r in results if not r["ok"]]
     summary["failed"] = [r["id"] for r in failed]
+    # Passed, but worth a look: a MemoryError a catch-all took (the call backed off).
+    summary["memory_errors_caught_in"] = [
+        {"case": r["id"], "said": [n for n in r["said"] if "MemoryError" in n][:2]}
+        for r in results
+        if r["counts"]["memory_errors_caught"]
+    ][:8]
     summary["details"] = [
         {"case": r["id"], "notes": r["notes"][:4], "rerun": r["rerun"]} for r in failed[:8]
     ]
