@@ -87,8 +87,10 @@ board: $(STAMP)
 	mkdir -p build/board/flash
 	$(BIN)/python tools/boardemu.py --flash build/board/flash --link build/board/tty
 
+# The suite on two workers (most of its time is spent waiting on sockets and subprocesses).
+JOBS ?= 2
 test: certs mplib broker lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(JOBS)
 
 clean:
 	rm -rf build .pytest_cache
