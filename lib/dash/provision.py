@@ -43,8 +43,8 @@ def forget_provisioned_token(root):
     """Rewrite secrets.json without its refresh_token (atomically), keeping the rest."""
     path = root + "/secrets.json"
     try:
-        with open(path) as f:
-            obj = json.loads(f.read(8192))
+        with open(path, "rb") as f:
+            obj = json.loads(f.read(os.stat(path)[6]))  # its size: no 8 KB buffer for it
     except (OSError, ValueError):
         return
     if not isinstance(obj, dict) or "refresh_token" not in obj:
@@ -98,7 +98,7 @@ def register(app, code):
         # A refresh token left in secrets.json (its removal failed) would be taken at the
         # next boot as newly provisioned, and its refusal would cost the new registration.
         forget_provisioned_token(app.root)
-    except OSError:
+    except (OSError, MemoryError):
         return refuse("flash: the old refresh token could not be removed from secrets.json")
     app.refingerprint()
     v = ""
@@ -155,8 +155,9 @@ def unregister(app, reason):
     keep_access(tokens, None)  # and from RTC memory
     try:
         forget_provisioned_token(app.root)
-    except OSError as e:  # flash full or failing: `register` tries again before it trades
-        app.log("persist-postponed", reason="flash: %s" % e, file="secrets.json")
+    except (OSError, MemoryError) as e:  # `register` tries again before it trades
+        why = "low memory" if isinstance(e, MemoryError) else "flash: %s" % e
+        app.log("persist-postponed", reason=why, file="secrets.json")
     app.refingerprint()
     app.state.pop("sub", None)
     app.log("unregistered", reason=reason)
