@@ -1,31 +1,15 @@
 """dashctl: the appliance maker's bench tool. Deploys the firmware to a board, provisions it,
 registers it with Amazon, and inspects it, all through `mpremote`.
 
-Usage: python3 tools/dashctl.py [-p PORT] COMMAND [options]
+Usage: python3 tools/dashctl.py [-p PORT] COMMAND [options]   (`COMMAND --help` for each)
 
 PORT is what mpremote accepts: a device path (/dev/ttyUSB0), an mpremote shortcut (a0, u0,
 c0) or a connect string (id:..., port:..., rfc2217://...); without it mpremote picks the
 first board it finds. Every mpremote call is bounded by --timeout seconds.
 
-Commands:
-  deploy [--romfs]       compile lib/ with mpy-cross and copy what changed (with boot.py and
-                         main.py), removing stale files; or build a ROMFS image and deploy it
-                         so the bytecode runs in place from flash. Says what it did.
-  provision --config FILE [--secrets FILE] [--ca FILE]
-                         check config and secrets on the host with the firmware's own rules,
-                         then write them (and the CA trust store) to the board. Without
-                         --secrets it asks for them (hidden input for the secret ones).
-  challenge              the board's PKCE code challenge, for the registration page
-  register [CODE]        exchange an authorization code for tokens on the board (asks for the
-                         code if not given); the refresh token never leaves the board
-  status [--json]        each slot's state, level, last order, back-off; token expiry; no secret
-  log [--seconds N] [--restart]
-                         print what the firmware logs for N seconds (--restart first resets
-                         the board so the firmware starts)
-  rtc                    set the board's clock from this computer's
-  test-order [SLOT]      order now for a slot: only on a test registration ("test_device")
-  restart                reset the board, so boot.py and main.py run
-  factory-reset [--yes]  forget state, tokens and secrets; keep the firmware and config.json
+A command that talks to the firmware stops it (mpremote's raw REPL), works on it as it was
+running (its live levels and counters, `dash.app.current`), and then resets the board so that
+it starts again: no command leaves the appliance stopped without saying so.
 """
 
 import argparse
@@ -81,8 +65,13 @@ try:
     _rom = bool(os.stat('/rom/lib/dash/app.mpy'))
 except OSError:
     _rom = False
+try:
+    import dash.check as _c
+    _frozen = _c.__file__.startswith('.frozen')
+except Exception:
+    _frozen = False
 print('@@' + json.dumps({'mpy': getattr(sys.implementation, '_mpy', 0) & 0xFF, 'files': _f,
-                         'rom': _rom}))
+                         'rom': _rom, 'frozen': _frozen}))
 """
 
 
@@ -112,6 +101,7 @@ class Board:
     def __init__(self, port, timeout):
         self.port = port
         self.timeout = timeout
+        self.restarted = False
 
     def mpremote(self, *args, timeout=None, check=True):
         cmd = [sys.executable, "-m", "mpremote", *port_args(self.port), *args]
@@ -128,9 +118,10 @@ class Board:
             raise BoardError("mpremote: " + (lines[-1] if lines else "failed"))
         return p.stdout
 
-    def exec_json(self, code):
-        """Run code on the board; the last line it prints starting with '@@' or '{' is JSON."""
-        out = self.mpremote("exec", code)
+    def exec_json(self, code, live=False):
+        """Run code on the board; the last line it prints starting with '@@' or '{' is JSON.
+        `live`: without mpremote's soft reset first, so the stopped firmware is still there."""
+        out = self.mpremote(*(("resume",) if live else ()), "exec", code)
         for line in reversed(out.splitlines()):
             line = line.strip()
             if line.startswith("@@"):
@@ -140,7 +131,17 @@ class Board:
         raise BoardError("the board said: " + out.strip()[-300:])
 
     def bench(self, call):
-        return self.exec_json("from dash import bench; bench." + call)
+        """One `dash.bench` command on the firmware as it was running; then the board is reset
+        so that the firmware starts again."""
+        try:
+            return self.exec_json("from dash import bench; bench." + call, live=True)
+        finally:
+            self.restart()
+
+    def restart(self):
+        """Reset the board: boot.py and main.py run, the firmware starts."""
+        self.mpremote("reset", check=False)
+        self.restarted = True
 
 
 # -- deploy ----------------------------------------------------------------------------------
@@ -181,6 +182,12 @@ def deploy(board, romfs):
     want = {"boot.py": REPO / "boot.py", "main.py": REPO / "main.py"}
     remove = []
     said = []
+    if survey.get("frozen"):
+        # sys.path puts .frozen before /lib: what is copied there would never run.
+        said.append(
+            "WARNING: this firmware has dash frozen in; it runs that, not what deploy copies"
+            " to /lib (flash a firmware without it, or rebuild it with firmware/manifest.py)"
+        )
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if _mpy_cross_version() != survey["mpy"]:
@@ -262,6 +269,26 @@ def load_config_rules():
     return config
 
 
+def _pem(path):
+    """The trust store as PEM: as it is, or converted from one DER certificate (Amazon serves
+    its roots as .cer files, which are DER)."""
+    import base64
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BoardError("%s: %s; nothing written" % (path, e.strerror)) from None
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return data
+    if data[:1] == b"\x30" and len(data) > 64:  # an ASN.1 SEQUENCE: DER
+        b64 = base64.encodebytes(data).decode().replace("\n", "")
+        lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+        return (
+            "-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n" % "\n".join(lines)
+        ).encode()
+    raise BoardError("%s: no certificate in it (PEM or DER); nothing written" % path)
+
+
 def ask_secrets(raw):
     print("secrets for the board (nothing you type here is shown or stored on this computer)")
     sec = {"client_id": input("LwA client id: ").strip()}
@@ -302,8 +329,7 @@ def provision(board, config_file, secrets_file, ca_file, files=()):
     _, _, errors = config.validate(raw, sec)
     if errors:
         raise BoardError("nothing written:\n  " + "\n  ".join(errors))
-    if ca_file and "-----BEGIN CERTIFICATE-----" not in Path(ca_file).read_text():
-        raise BoardError("%s: no PEM certificate in it; nothing written" % ca_file)
+    ca_pem = _pem(ca_file) if ca_file else None
     extra = []
     for spec in files:
         local, _, name = spec.partition(":")
@@ -332,7 +358,9 @@ def provision(board, config_file, secrets_file, ca_file, files=()):
         said = ["wrote config.json", "wrote secrets.json"]
         if ca_file:
             ca_name = raw.get("ca_file", "ca.pem")
-            args += ["+", "fs", "cp", str(ca_file), ":" + ca_name]
+            ca_path = Path(d) / "ca.pem"
+            ca_path.write_bytes(ca_pem)
+            args += ["+", "fs", "cp", str(ca_path), ":" + ca_name]
             said.append("wrote %s" % ca_name)
         for local, name in extra:
             args += ["+", "fs", "cp", local, ":" + name]
@@ -345,7 +373,10 @@ def provision(board, config_file, secrets_file, ca_file, files=()):
 
 
 def show_status(st):
-    lines = ["registered: %s" % ("yes" if st.get("registered") else "no")]
+    lines = ["firmware: %s" % st.get("firmware", "?")]
+    for e in st.get("config_errors", ()):
+        lines.append("config error: " + e)
+    lines.append("registered: %s" % ("yes" if st.get("registered") else "no"))
     if st.get("token_expires_s", -1) >= 0:
         lines.append("access token: expires in %d s" % st["token_expires_s"])
     for s in st.get("slots", []):
@@ -362,44 +393,93 @@ def show_status(st):
     return lines
 
 
-def tail(board, seconds, restart):
-    """What the firmware prints, for `seconds`: straight from the serial port."""
+def serial_path(port):
+    """The serial device behind an mpremote port name: `log` reads it itself."""
+    port = port or ""
+    if port.startswith("port:"):
+        return port[5:]
+    m = re.fullmatch(r"([acu])(\d+)", port)
+    if m:  # mpremote's shortcuts
+        n = m.group(2)
+        return {"a": "/dev/ttyACM", "u": "/dev/ttyUSB", "c": "COM"}[m.group(1)] + n
+    if port.startswith("id:"):  # a board's serial number: mpremote knows where it is
+        out = subprocess.run(
+            [sys.executable, "-m", "mpremote", "devs"], capture_output=True, text=True, timeout=30
+        ).stdout
+        for line in out.splitlines():
+            if port[3:] in line.split():
+                return line.split()[0]
+        raise BoardError("no board with serial number %s (mpremote devs)" % port[3:])
+    if not port or "://" in port:
+        raise BoardError("log reads the serial port itself: give its path (-p /dev/ttyUSB0)")
+    return port
+
+
+def tail(board, seconds, restart, follow=False):
+    """What the firmware prints, straight from the serial port: for `seconds`, or until
+    Ctrl-C with `follow`. Says so when the board sits at the REPL (the firmware stopped)."""
     import serial  # mpremote's own dependency
 
+    dev = serial_path(board.port)
     if restart:
-        board.mpremote("reset", check=False)
-    dev = board.port or ""
-    if dev.startswith("port:"):
-        dev = dev[5:]
-    if not dev or re.fullmatch(r"[acu]\d+", dev) or ":" in dev:
-        raise BoardError("log reads the serial port itself: give its path (-p /dev/ttyUSB0)")
+        board.restart()
     try:
         ser = serial.Serial(dev, 115200, timeout=0.2)
     except serial.SerialException as e:
         raise BoardError("cannot open %s: %s" % (dev, e)) from None
+    heard = False
     with ser:
+        if not restart:
+            # A CR is nothing to the running firmware; at the REPL it is a new prompt.
+            ser.write(b"\r")
+            seen = ser.read(64)
+            if b">>>" in seen:
+                print(
+                    "dashctl: the firmware is stopped (the board is at the REPL):"
+                    " `dashctl restart` starts it, or `dashctl log --restart`"
+                )
+                return 1
         end = time.monotonic() + seconds
         buf = b""
-        while time.monotonic() < end:
-            buf += ser.read(256)
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                print(line.decode(errors="replace").rstrip())
+        try:
+            while follow or time.monotonic() < end:
+                buf += ser.read(256)
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    heard = True
+                    print(line.decode(errors="replace").rstrip(), flush=True)
+        except KeyboardInterrupt:
+            pass
         if buf:
+            heard = True
             print(buf.decode(errors="replace").rstrip())
+    if not heard:
+        print(
+            "dashctl: nothing in %d s: the firmware logs when something happens (a sample"
+            " changes nothing); `dashctl status` shows what it is doing" % seconds
+        )
+    return 0
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="dashctl", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="dashctl",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("-p", "--port", default=os.environ.get("PORT"), help="mpremote device")
-    ap.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("deploy")
-    p.add_argument("--romfs", action="store_true")
-    p = sub.add_parser("provision")
-    p.add_argument("--config", required=True)
-    p.add_argument("--secrets")
-    p.add_argument("--ca")
+    ap.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds per mpremote")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name, help_):
+        return sub.add_parser(name, help=help_, description=help_)
+
+    p = cmd("deploy", "copy the firmware (lib/ as .mpy, boot.py, main.py): only what changed")
+    p.add_argument("--romfs", action="store_true", help="as one ROMFS image (custom firmware)")
+    p = cmd("provision", "check config and secrets here, then write them to the board")
+    p.add_argument("--config", required=True, help="config.json to write")
+    p.add_argument("--secrets", help="secrets.json (without it: asked for, hidden)")
+    p.add_argument("--ca", help="the trust store for DRS and LwA: PEM, or DER (.cer)")
     p.add_argument(
         "--file",
         action="append",
@@ -407,66 +487,106 @@ def main(argv=None):
         metavar="LOCAL[:NAME]",
         help="one more file for the board: the MQTT broker's CA, a client certificate, its key",
     )
-    sub.add_parser("challenge")
-    p = sub.add_parser("register")
-    p.add_argument("code", nargs="?")
-    p = sub.add_parser("status")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("log")
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--restart", action="store_true")
-    sub.add_parser("rtc")
-    p = sub.add_parser("test-order")
-    p.add_argument("slot", nargs="?")
-    sub.add_parser("restart")
-    p = sub.add_parser("factory-reset")
-    p.add_argument("--yes", action="store_true")
+    cmd("challenge", "the board's PKCE code challenge, for the registration page")
+    p = cmd("register", "exchange an authorization code for the board's tokens")
+    p.add_argument("code", nargs="?", help="the code the registration page got (else asked)")
+    cmd("deregister", "end the registration at DRS and forget every token")
+    p = cmd("status", "the running firmware: slots, levels, last orders, back-offs; no secret")
+    p.add_argument("--json", action="store_true", help="all of it, as JSON")
+    p = cmd("log", "what the firmware logs, from the serial port")
+    p.add_argument("--seconds", type=float, default=10, help="how long (default 10)")
+    p.add_argument("--follow", "-f", action="store_true", help="until Ctrl-C")
+    p.add_argument("--restart", action="store_true", help="reset the board first")
+    p = cmd("relay", "hand the board a DRS notification, as the maker's cloud would")
+    p.add_argument("json", help="the notification's JSON (or @FILE)")
+    cmd("rtc", "set the board's clock from this computer's")
+    p = cmd("test-order", "order now for a slot: only on a test registration")
+    p.add_argument("slot", nargs="?", help="the slot id (default: the first)")
+    cmd("restart", "reset the board: boot.py and main.py run, the firmware starts")
+    p = cmd("factory-reset", "forget state, tokens and secrets; keep firmware and config.json")
+    p.add_argument("--yes", action="store_true", help="do not ask")
     args = ap.parse_args(argv)
     board = Board(args.port, args.timeout)
     try:
-        if args.cmd == "deploy":
-            print("\n".join(deploy(board, args.romfs)))
-        elif args.cmd == "provision":
-            print("\n".join(provision(board, args.config, args.secrets, args.ca, args.file)))
-        elif args.cmd == "challenge":
-            c = board.bench("challenge()")
-            print(
-                "code_challenge: %s (method %s)"
-                % (c["code_challenge"], c["code_challenge_method"])
-            )
-        elif args.cmd == "register":
-            code = args.code or input("authorization code: ").strip()
-            r = board.bench("register(%r)" % code)
-            print("registered" if r["ok"] else "not registered: " + r["reason"])
-            return 0 if r["ok"] else 1
-        elif args.cmd == "status":
-            st = board.bench("status()")
-            print(json.dumps(st, indent=2) if args.json else "\n".join(show_status(st)))
-        elif args.cmd == "log":
-            tail(board, args.seconds, args.restart)
-        elif args.cmd == "rtc":
-            board.mpremote("rtc", "--set")
-            print("clock set")
-        elif args.cmd == "test-order":
-            r = board.bench("test_order(%r)" % args.slot)
-            if not r["ok"]:
-                print("no test order: " + r.get("reason", r.get("state", "")))
-                return 1
-            print(
-                "test order %s for %s (%s)" % (r["event_instance_id"], r["slot"], r["detail_code"])
-            )
-        elif args.cmd == "restart":
-            board.mpremote("reset", check=False)
-            print("board reset")
-        elif args.cmd == "factory-reset":
-            if not args.yes and input("forget state, tokens and secrets? type yes: ") != "yes":
-                print("nothing done")
-                return 1
-            r = board.exec_json("from dash import bench; bench.factory_reset()")
-            print("removed: " + (", ".join(r["removed"]) or "nothing"))
+        return run(board, args)
     except BoardError as e:
         print("dashctl: %s" % e, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("dashctl: interrupted", file=sys.stderr)
+        return 130
+    except EOFError:
+        print("dashctl: no input (give it on the command line)", file=sys.stderr)
+        return 1
+    finally:
+        if board.restarted and args.cmd != "restart":
+            print("firmware restarted", file=sys.stderr)  # (the board was reset)
+
+
+def _no(r):
+    return r.get("reason") or "config: see its errors with `dashctl status`"
+
+
+def run(board, args):
+    if args.cmd == "deploy":
+        print("\n".join(deploy(board, args.romfs)))
+    elif args.cmd == "provision":
+        print("\n".join(provision(board, args.config, args.secrets, args.ca, args.file)))
+        board.restart()
+    elif args.cmd == "challenge":
+        c = board.bench("challenge()")
+        if "code_challenge" not in c:
+            print("no challenge: " + _no(c))
+            return 1
+        print("code_challenge: %s (method %s)" % (c["code_challenge"], c["code_challenge_method"]))
+    elif args.cmd == "register":
+        code = args.code or input("authorization code: ").strip()
+        if not code:
+            raise BoardError("no authorization code given")
+        r = board.bench("register(%r)" % code)
+        print("registered" if r["ok"] else "not registered: " + _no(r))
+        return 0 if r["ok"] else 1
+    elif args.cmd == "deregister":
+        r = board.bench("deregister()")
+        if not r.get("ok"):
+            print("not deregistered: " + _no(r))
+            return 1
+        print("deregistered" + ("" if r.get("drs_confirmed") else " (DRS did not confirm)"))
+    elif args.cmd == "status":
+        st = board.bench("status()")
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            print("\n".join(show_status(st)))
+    elif args.cmd == "log":
+        return tail(board, args.seconds, args.restart, args.follow)
+    elif args.cmd == "relay":
+        text = args.json
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        r = board.bench("relay(%r)" % text)
+        print(("taken: " if r.get("ok") else "not taken: ") + json.dumps(r))
+        return 0 if r.get("ok") else 1
+    elif args.cmd == "rtc":
+        board.mpremote("rtc", "--set")
+        board.restart()
+        print("clock set")
+    elif args.cmd == "test-order":
+        r = board.bench("test_order(%r)" % args.slot)
+        if not r["ok"]:
+            print("no test order: " + r.get("reason", r.get("state", "")))
+            return 1
+        print("test order %s for %s (%s)" % (r["event_instance_id"], r["slot"], r["detail_code"]))
+    elif args.cmd == "restart":
+        board.restart()
+        print("board reset: the firmware starts")
+    elif args.cmd == "factory-reset":
+        if not args.yes and input("forget state, tokens and secrets? type yes: ") != "yes":
+            print("nothing done")
+            return 1
+        r = board.exec_json("from dash import bench; bench.factory_reset()")
+        print("removed: " + (", ".join(r["removed"]) or "nothing"))
+        print("the firmware is stopped: provision and register it, then `dashctl restart`")
     return 0
 
 

@@ -616,11 +616,15 @@ def describe(e):
     return "internal error: %s %s" % (type(e).__name__, str(e)[:60])
 
 
+current = None  # the App `main` runs: the bench tool reads it live (`bench.status`)
+
+
 def main():
+    global current
     from dash.platform import Clock
 
     clock = Clock()
-    app = App(".", clock)
+    app = current = App(".", clock)
     app.boot()  # a bad config idles: no step runs, the cloud link (if any) reports why
     while True:
         wait = _IDLE_MS

@@ -9,17 +9,23 @@
     >>> bench.test_order("slot-a")  # order now: only with "test_device": true in config.json
     >>> bench.factory_reset()       # forget state, tokens and secrets; keep code and config
 
-Each builds the application from the files on flash, does one thing and persists it; stop
-the running firmware first (mpremote does, by entering the raw REPL).
+Each works on the firmware as it runs, stopped (mpremote stops it when it enters the raw
+REPL, without a soft reset: `mpremote resume exec`): the live application `main` started,
+with its levels and counters. When none runs, each builds one from the files on flash. Either
+way it does one thing and persists it; `dashctl` then resets the board so that the firmware
+starts again from flash, as after any reset.
 """
 
 import json
 
 
 def _app():
-    from dash.app import App
+    from dash import app as mod
 
-    app = App(".")
+    live = mod.current
+    if live is not None and live.running:
+        return live
+    app = mod.App(".")
     return app if app.boot() else None
 
 
@@ -31,21 +37,36 @@ def _run(fn):
 
 
 def status():
-    def go(app):
-        # This app has only just booted: show what the firmware was doing (its persisted
-        # state), not the warm-up every boot starts with.
-        from dash import fsm
+    """The running firmware's status, as it is (its live levels and counters); or, when none
+    runs, the one the files on flash boot into; with the config's errors, when it has some."""
+    from dash import app as mod
 
-        st = app.status()
-        for i, sl in enumerate(app.slots):
-            one = st["slots"][i]
-            if sl.fsm.state == fsm.WARMUP:
-                one["state"] = fsm.name(sl.fsm.durable())
-            if len(app.slots) == 1:
-                st["state"] = one["state"]
-        return st
+    live = mod.current
+    if live is not None and live.running:
+        out = live.status()
+        out["firmware"] = "running"
+    else:
+        app = mod.App(".")
+        if not app.boot():
+            from dash import config
 
-    return _run(go)
+            out = {"ok": False, "state": "suspended", "reason": "config"}
+            out["config_errors"] = config.load(".")[2]
+        else:
+            # This app has only just booted: show what the firmware was doing (its persisted
+            # state), not the warm-up every boot starts with.
+            from dash import fsm
+
+            out = app.status()
+            for i, sl in enumerate(app.slots):
+                one = out["slots"][i]
+                if sl.fsm.state == fsm.WARMUP:
+                    one["state"] = fsm.name(sl.fsm.durable())
+                if len(app.slots) == 1:
+                    out["state"] = one["state"]
+        out["firmware"] = "not running"
+    print(json.dumps(out))
+    return out
 
 
 def challenge():
