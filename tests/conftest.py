@@ -103,3 +103,15 @@ def cloud(broker):
     c = Cloud(broker)
     yield c
     c.close()
+
+
+@pytest.fixture
+def board(tmp_path):
+    """A board without hardware (tools/boardemu.py): the unix port on a pseudo-terminal, with
+    a directory as its flash (`board.flash`), for the real `mpremote` and `dashctl`."""
+    boardemu = pytest.importorskip("boardemu")
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    with boardemu.Board(str(flash)) as b:
+        b.flash = flash
+        yield b

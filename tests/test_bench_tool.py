@@ -9,12 +9,12 @@ import sys
 
 import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET, REPO
-from test_bench_workflow import REDIRECT, board, dashctl, provision_files, wait_for  # noqa: F401
+from test_bench_workflow import dashctl, provision_files, wait_for
 
 DASHCTL = [sys.executable, str(REPO / "tools" / "dashctl.py")]
 
 
-def registered_board(board, emulator, certs, tmp_path, **extra):  # noqa: F811
+def registered_board(board, emulator, certs, tmp_path, **extra):
     dashctl(board, "deploy")
     cfg, sec = provision_files(tmp_path, emulator, **extra)
     sec.write_text(
@@ -33,7 +33,7 @@ def test_status_tells_the_running_firmware_and_leaves_it_running(
     board,
     emulator,
     certs,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     registered_board(board, emulator, certs, tmp_path)
     (board.flash / "level.txt").write_text("500\n")
@@ -49,7 +49,7 @@ def test_status_tells_the_running_firmware_and_leaves_it_running(
     assert '"slot": "slot-a"' in log or "boot" in log, log
 
 
-def test_status_shows_the_config_errors_themselves(board, emulator, certs, tmp_path):  # noqa: F811
+def test_status_shows_the_config_errors_themselves(board, emulator, certs, tmp_path):
     registered_board(board, emulator, certs, tmp_path)
     cfg = json.loads((board.flash / "config.json").read_text())
     cfg["low"] = 900  # above high
@@ -59,7 +59,7 @@ def test_status_shows_the_config_errors_themselves(board, emulator, certs, tmp_p
     assert "config error: config.json: 'low' must be below 'high'" in out, out
 
 
-def test_a_test_order_is_refused_over_an_open_order(board, emulator, certs, tmp_path):  # noqa: F811
+def test_a_test_order_is_refused_over_an_open_order(board, emulator, certs, tmp_path):
     emulator.is_test_device = True
     registered_board(board, emulator, certs, tmp_path, test_device=True)
     (board.flash / "level.txt").write_text("100\n")
@@ -70,7 +70,7 @@ def test_a_test_order_is_refused_over_an_open_order(board, emulator, certs, tmp_
     assert len(emulator.orders) == 1
 
 
-def test_ordinary_use_never_ends_in_a_traceback(board, emulator, certs, tmp_path):  # noqa: F811
+def test_ordinary_use_never_ends_in_a_traceback(board, emulator, certs, tmp_path):
     dashctl(board, "deploy")
     cfg, sec = provision_files(tmp_path, emulator)
     # A DER trust store, as Amazon serves its roots (.cer): taken, and written as PEM.
@@ -98,7 +98,7 @@ def test_log_follows_until_ctrl_c_and_says_when_the_firmware_is_stopped(
     board,
     emulator,
     certs,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     registered_board(board, emulator, certs, tmp_path)
     dashctl(board, "restart")
@@ -122,7 +122,7 @@ def test_log_follows_until_ctrl_c_and_says_when_the_firmware_is_stopped(
     assert "the firmware is stopped" in p.stdout, p.stdout
 
 
-def test_deregister_and_relay_are_commands(board, emulator, certs, tmp_path):  # noqa: F811
+def test_deregister_and_relay_are_commands(board, emulator, certs, tmp_path):
     registered_board(board, emulator, certs, tmp_path)
     relayed = {
         "notificationInfo": {

@@ -22,15 +22,6 @@ def wait_for(cond, seconds=60, what="condition"):
         time.sleep(0.1)
 
 
-@pytest.fixture
-def board(tmp_path):
-    flash = tmp_path / "flash"
-    flash.mkdir()
-    with boardemu.Board(str(flash)) as b:
-        b.flash = flash
-        yield b
-
-
 def dashctl(board, *args, ok=True, stdin=None):
     p = subprocess.run(
         [
