@@ -405,7 +405,7 @@ def test_deregister_command_leaves_no_token_and_no_order(device, emulator):
     tokens = device.root / "tokens.json"
     rt = json.loads(tokens.read_bytes().rsplit(b"\n#", 1)[0])["rt"]
     answer = device.command("deregister")
-    assert answer == {"ok": True, "drs_confirmed": True}
+    assert answer == {"ok": True, "drs_confirmed": True, "reason": ""}
     req = only(emulator, "/registration")[0]
     assert_drs_request(
         req, "DELETE", "/registration", "DrsDeregisterInput@2.0", "DrsDeregisterResult@1.0"

@@ -102,6 +102,7 @@ class Board:
         self.port = port
         self.timeout = timeout
         self.restarted = False
+        self.started = None
 
     def mpremote(self, *args, timeout=None, check=True):
         cmd = [sys.executable, "-m", "mpremote", *port_args(self.port), *args]
@@ -139,9 +140,13 @@ class Board:
             self.restart()
 
     def restart(self):
-        """Reset the board: boot.py and main.py run, the firmware starts."""
+        """Reset the board: boot.py and main.py run, the firmware starts. Returns once it
+        has said so (or stopped at the REPL): what reaches a board while it boots is lost, and
+        mpremote, its Ctrl-C gone, would wait for ever for a raw REPL."""
         self.mpremote("reset", check=False)
         self.restarted = True
+        self.started = wait_started(self.port)
+        return self.started
 
 
 # -- deploy ----------------------------------------------------------------------------------
@@ -415,14 +420,45 @@ def serial_path(port):
     return port
 
 
+BOOT_S = 20  # the longest a board takes from reset to the firmware's first line
+PROBE_S = 5  # then a CR: a board at the REPL answers with a prompt, running firmware not
+
+
+def wait_started(port):
+    """After a reset: True once the firmware says it started, False when the board stops at
+    the REPL instead, None when it cannot be told (a network port; a line that came before
+    the port was open). Never longer than BOOT_S."""
+    try:
+        import serial  # mpremote's own dependency
+
+        ser = serial.Serial(serial_path(port), 115200, timeout=0.2)
+    except Exception:  # noqa: BLE001 - no serial port of our own: give it the time instead
+        time.sleep(PROBE_S)
+        return None
+    buf, probed = b"", False
+    start = time.monotonic()
+    with ser:
+        while time.monotonic() - start < BOOT_S:
+            buf = buf[-256:] + ser.read(256)
+            if b"dash: firmware" in buf or re.search(rb"\[ *\d+\] [a-z]", buf):
+                return True  # its start line, or one of its log lines
+            if b">>>" in buf or b"dash: stopped" in buf:
+                return False
+            if not probed and time.monotonic() - start > PROBE_S:
+                ser.write(b"\r")
+                probed = True
+    return None
+
+
 def tail(board, seconds, restart, follow=False):
     """What the firmware prints, straight from the serial port: for `seconds`, or until
     Ctrl-C with `follow`. Says so when the board sits at the REPL (the firmware stopped)."""
     import serial  # mpremote's own dependency
 
     dev = serial_path(board.port)
-    if restart:
-        board.restart()
+    if restart:  # and read from its first line on, not wait for it as `restart` does
+        board.mpremote("reset", check=False)
+        board.restarted = True
     try:
         ser = serial.Serial(dev, 115200, timeout=0.2)
     except serial.SerialException as e:
@@ -519,7 +555,13 @@ def main(argv=None):
         print("dashctl: no input (give it on the command line)", file=sys.stderr)
         return 1
     finally:
-        if board.restarted and args.cmd != "restart":
+        if board.restarted and board.started is False:
+            print(
+                "dashctl: the board was reset and the firmware STOPPED at the REPL:"
+                " `dashctl log --restart` shows why",
+                file=sys.stderr,
+            )
+        elif board.restarted and args.cmd != "restart":
             print("firmware restarted", file=sys.stderr)  # (the board was reset)
 
 
@@ -551,7 +593,8 @@ def run(board, args):
         if not r.get("ok"):
             print("not deregistered: " + _no(r))
             return 1
-        print("deregistered" + ("" if r.get("drs_confirmed") else " (DRS did not confirm)"))
+        confirmed = r.get("drs_confirmed")
+        print("deregistered" + ("" if confirmed else " (DRS did not confirm: %s)" % r["reason"]))
     elif args.cmd == "status":
         st = board.bench("status()")
         if args.json:
@@ -578,8 +621,10 @@ def run(board, args):
             return 1
         print("test order %s for %s (%s)" % (r["event_instance_id"], r["slot"], r["detail_code"]))
     elif args.cmd == "restart":
-        board.restart()
-        print("board reset: the firmware starts")
+        started = board.restart()
+        if started is False:
+            return 1  # said loudly on the way out
+        print("board reset: the firmware " + ("started" if started else "starts"))
     elif args.cmd == "factory-reset":
         if not args.yes and input("forget state, tokens and secrets? type yes: ") != "yes":
             print("nothing done")

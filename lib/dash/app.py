@@ -623,6 +623,7 @@ def main():
     global current
     from dash.platform import Clock
 
+    print("dash: firmware %s started" % VERSION)  # what `dashctl` waits for after a reset
     clock = Clock()
     app = current = App(".", clock)
     app.boot()  # a bad config idles: no step runs, the cloud link (if any) reports why

@@ -131,14 +131,15 @@ DEREGISTER = (b"DELETE", b"DrsDeregisterInput@2.0", b"DrsDeregisterResult@1.0")
 
 def deregister(app):
     """Tell DRS the registration ends, then forget every token whatever DRS said."""
-    confirmed = False
+    confirmed, why = False, "not registered"
     if app.tokens.registered:
         from dash.link import call
 
-        ans, _ = call(app, DEREGISTER, "/registration")
+        ans, fail = call(app, DEREGISTER, "/registration")
         confirmed = ans is not None and 200 <= ans[0] < 300
+        why = fail[1] if fail else "" if confirmed else "HTTP %d" % ans[0]
     unregister(app, "deregistered on request")
-    return {"ok": True, "drs_confirmed": confirmed}
+    return {"ok": True, "drs_confirmed": confirmed, "reason": why}
 
 
 def unregister(app, reason):
