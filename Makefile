@@ -10,7 +10,8 @@ MPLIB := build/mplib
 MPLIB_STAMP := $(MPLIB)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all venv certs mplib broker sim test unit lint bench faults board deploy deploy-romfs provision status clean
+.PHONY: all venv certs mplib broker sim test unit lint bench faults board emulator auth-code deploy \
+	deploy-romfs provision status clean
 
 all: test
 
@@ -86,6 +87,18 @@ status: $(STAMP)
 board: $(STAMP)
 	mkdir -p build/board/flash
 	$(BIN)/python tools/boardemu.py --flash build/board/flash --link build/board/tty
+
+# DRS and LwA on https://localhost:$(EMU_PORT), as examples/ expects them: a test registration
+# of slot-a, client id amzn1.application-oa2-client.test, secret test-secret, the CA in
+# build/certs/ca.pem. `make auth-code` (another terminal) prints a fresh authorization code.
+EMU_PORT ?= 8443
+emulator: certs
+	@echo "DRS/LwA emulator on https://localhost:$(EMU_PORT) (CA $(CERTS)/ca.pem); Ctrl-C stops it"
+	@echo "an authorization code for registration: make auth-code"
+	$(BIN)/python tools/drs_emulator.py --certs $(CERTS) --port $(EMU_PORT) --test-device
+auth-code: $(STAMP)
+	@$(BIN)/python tools/drs_emulator.py auth-code --port $(EMU_PORT) --certs $(CERTS) \
+	  $(if $(CHALLENGE),--challenge $(CHALLENGE))
 
 # The suite on two workers (most of its time is spent waiting on sockets and subprocesses).
 JOBS ?= 2

@@ -1423,3 +1423,84 @@ def test_sns_cli_subscribes_the_endpoint(cert_dir, sink):
         [*cmd[:2], "--help"], capture_output=True, text=True, timeout=10
     ).stdout
     assert "--sns-endpoint" in help_text and "--serial" in help_text
+
+
+def consent(emu, ctx, **over):
+    query = {
+        "client_id": emu.client_id,
+        "scope": "dash:replenish",
+        "scope_data": json.dumps({"dash:replenish": {"device_model": "m-1", "serial": "s-1"}}),
+        "response_type": "code",
+        "redirect_uri": drs_emulator.DEFAULT_REDIRECT_URI,
+        "state": "xyz",
+        **over,
+    }
+    query = {k: v for k, v in query.items() if v is not None}
+    return call(emu, ctx, "GET", "/ap/oa?" + urllib.parse.urlencode(query))
+
+
+def test_the_consent_page_gives_a_code_that_registers(emu, ctx):
+    resp, _ = consent(emu, ctx)
+    assert resp.status == 302
+    where = urllib.parse.urlsplit(resp.getheader("Location"))
+    back = urllib.parse.parse_qs(where.query)
+    assert where.geturl().startswith(drs_emulator.DEFAULT_REDIRECT_URI + "?")
+    assert back["scope"] == ["dash:replenish"] and back["state"] == ["xyz"]
+    form = {
+        "grant_type": "authorization_code",
+        "code": back["code"][0],
+        "redirect_uri": drs_emulator.DEFAULT_REDIRECT_URI,
+        "client_id": emu.client_id,
+        "client_secret": emu.client_secret,
+    }
+    status, answer = lwa(emu, ctx, **form)
+    assert status == 200 and replenish(emu, ctx, answer["access_token"])[0].status == 200
+    assert lwa(emu, ctx, **form)[0] == 400  # once only
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"client_id": "someone-else"},
+        {"scope": "profile"},
+        {"response_type": "token"},
+        {"scope_data": json.dumps({"dash:replenish": {"serial": "s-1"}})},
+        {"scope_data": "not json"},
+        {"redirect_uri": "http://maker.example/cb"},
+    ],
+)
+def test_the_consent_page_refuses_what_lwa_refuses(emu, ctx, over):
+    resp, body = consent(emu, ctx, **over)
+    assert resp.status == 400 and body and resp.getheader("Location") is None
+
+
+def test_auth_code_from_the_command_line(cert_dir, ctx):
+    with drs_emulator.Emulator(cert_dir) as emu:
+        tool = [sys.executable, os.path.join(TOOLS, "drs_emulator.py"), "auth-code"]
+        verifier = "v" * 43
+        digest = hashlib.sha256(verifier.encode()).digest()
+        challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        p = subprocess.run(
+            [*tool, "--port", str(emu.port), "--certs", cert_dir, "--challenge", challenge],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 0 and re.fullmatch(r"AN[A-Za-z]{18}\n", p.stdout), p.stderr
+        status, _ = lwa(
+            emu,
+            ctx,
+            grant_type="authorization_code",
+            code=p.stdout.strip(),
+            redirect_uri=drs_emulator.DEFAULT_REDIRECT_URI,
+            client_id=emu.client_id,
+            code_verifier=verifier,
+        )
+        assert status == 200  # a PKCE code, for that challenge
+    p = subprocess.run(
+        [*tool, "--port", str(emu.port), "--certs", cert_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1 and "make emulator" in p.stderr

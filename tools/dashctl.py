@@ -572,6 +572,7 @@ def _no(r):
 def run(board, args):
     if args.cmd == "deploy":
         print("\n".join(deploy(board, args.romfs)))
+        board.restart()  # the firmware starts on the new code
     elif args.cmd == "provision":
         print("\n".join(provision(board, args.config, args.secrets, args.ca, args.file)))
         board.restart()

@@ -32,9 +32,13 @@ ship() -> "Shipped" (still open), mark_delivered() -> "Delivered", cancel_order(
 CancelTestOrder -> "Cancelled" (both close it), set_order_status() sets any status.
 
 LwA: refresh tokens come from add_refresh_token() or from an authorization code made by
-issue_auth_code() (confidential, or PKCE with a code_challenge). Tokens obtained through a
-PKCE code are "public": they refresh without client_secret. DELETE /registration and
-revoke_all() kill every token.
+issue_auth_code() (confidential, or PKCE with a code_challenge), which the consent page
+GET /ap/oa also gives out, as LwA's does once a customer agrees: it checks client_id,
+response_type=code, scope=dash:replenish, scope_data and redirect_uri, then redirects to
+redirect_uri?code=...&scope=dash%3Areplenish. From a shell, against a running emulator:
+`drs_emulator.py auth-code --port PORT [--challenge C]` prints a fresh code. Tokens obtained
+through a PKCE code are "public": they refresh without client_secret. DELETE /registration
+and revoke_all() kill every token.
 
 SNS notifications: Amazon sends every DRS notification to the maker's cloud over SNS; so does
 the emulator, as SNS delivers to an https subscription. sns_subscribe(url, cafile) POSTs a
@@ -113,6 +117,7 @@ except ImportError:
 log = logging.getLogger("drs_emulator")
 
 TOKEN_PATH = "/auth/o2/token"
+CONSENT_PATH = "/ap/oa"  # LwA's consent page (www.amazon.com/ap/oa)
 REPLENISH_PATH = "/replenish/"
 TYPE_PREFIX = "com.amazon.dash.replenishment."
 REPLENISH_INPUT = TYPE_PREFIX + "DrsReplenishInput@1.0"
@@ -402,6 +407,7 @@ class Emulator:
         topic_arn=SNS_TOPIC_ARN,
         sns_signature_version="2",
         sns_retry_delays=SNS_RETRY_DELAYS,
+        port=0,
     ):
         if sns_signature_version not in SNS_HASHES:
             raise ValueError(f"SignatureVersion must be 1 or 2, not {sns_signature_version!r}")
@@ -417,6 +423,7 @@ class Emulator:
         self.refresh_token_chars = 300
         self.certs = None  # ensure_certs() dict once started
         self.port = self.port_wrong_name = self.port_untrusted = None
+        self._want_port = port  # the good listener's (0: any free one)
         self.requests = []
         self.orders = []
         self.slot_status = {slot: [] for slot in self.slots}  # slot -> accepted report dicts
@@ -471,7 +478,7 @@ class Emulator:
             ctx.load_cert_chain(self.certs[cert], self.certs[cert + "_key"])
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
+            sock.bind(("127.0.0.1", self._want_port if name == "good" else 0))
             sock.listen(32)
             sock.settimeout(0.2)  # fallback wake-up for stop() where shutdown() does not
             self._listeners.append(sock)
@@ -1215,6 +1222,8 @@ class Emulator:
             return self._lwa_token(method, headers, body)
         if route.startswith(SNS_PREFIX):
             return self._sns_route(method, path)
+        if route == CONSENT_PATH:
+            return self._consent(method, path)
         for pattern, endpoint in ROUTES:
             match = pattern.fullmatch(route)
             if match:
@@ -1223,6 +1232,50 @@ class Emulator:
         return _json(404, {"message": f"no such resource: {route}"})
 
     # LwA
+
+    def _consent(self, method, path):
+        """LwA's consent page (GET /ap/oa), where the customer says yes at once: checks the
+        query as LwA documents it for DRS and redirects to redirect_uri with a fresh code."""
+        if method != "GET":
+            return 405, {"Content-Type": "text/plain"}, b"GET only"
+        form = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query, keep_blank_values=True)
+        q = {k: v[0] for k, v in form.items()}
+        problem = None
+        try:
+            data = json.loads(q.get("scope_data", ""))["dash:replenish"]
+        except (ValueError, KeyError, TypeError):
+            data = None
+        redirect = q.get("redirect_uri", "")
+        if q.get("client_id") != self.client_id:
+            problem = "unknown client_id"
+        elif q.get("response_type") != "code":
+            problem = "response_type must be code"
+        elif q.get("scope") != "dash:replenish":
+            problem = "scope must be dash:replenish"
+        elif not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) and DEVICE_ID.fullmatch(data[k])
+            for k in ("device_model", "serial")
+        ):
+            problem = 'scope_data must be {"dash:replenish": {"device_model", "serial"}}'
+        elif not redirect.startswith("https://"):
+            problem = "redirect_uri must be an https URL"
+        elif self.client_secret is None and "code_challenge" not in q:
+            problem = "a public client needs a code_challenge"
+        if problem:
+            return 400, {"Content-Type": "text/plain"}, problem.encode()
+        try:
+            code = self.issue_auth_code(
+                redirect_uri=redirect,
+                code_challenge=q.get("code_challenge"),
+                code_challenge_method=q.get("code_challenge_method", "plain"),
+            )
+        except ValueError as e:
+            return 400, {"Content-Type": "text/plain"}, str(e).encode()
+        answer = {"code": code, "scope": "dash:replenish"}
+        if "state" in q:
+            answer["state"] = q["state"]
+        where = redirect + ("&" if "?" in redirect else "?") + urllib.parse.urlencode(answer)
+        return 302, {"Location": where, "Content-Type": "text/plain"}, b""
 
     def _lwa_token(self, method, headers, body):
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -1508,9 +1561,52 @@ def _sns_error(status, code, message):
     return status, {"Content-Type": "text/xml"}, body.encode()
 
 
+def auth_code(argv):
+    """`auth-code`: what a customer's consent gives the maker's registration page, from a
+    running emulator's consent page (GET /ap/oa), printed alone on a line."""
+    ap = argparse.ArgumentParser(prog="drs_emulator.py auth-code", description=auth_code.__doc__)
+    ap.add_argument("--port", type=int, required=True, help="the emulator's port")
+    ap.add_argument("--certs", default="build/certs", help="its certificate directory")
+    ap.add_argument("--client-id", default="amzn1.application-oa2-client.test")
+    ap.add_argument("--redirect-uri", default=DEFAULT_REDIRECT_URI)
+    ap.add_argument("--serial", default="dash-dev-1")
+    ap.add_argument("--model", default="dash-emulated")
+    ap.add_argument("--challenge", help="the device's PKCE code_challenge (S256)")
+    args = ap.parse_args(argv)
+    data = {"device_model": args.model, "serial": args.serial, "is_test_device": True}
+    query = {
+        "client_id": args.client_id,
+        "scope": "dash:replenish",
+        "scope_data": json.dumps({"dash:replenish": data}),
+        "response_type": "code",
+        "redirect_uri": args.redirect_uri,
+    }
+    if args.challenge:
+        query.update(code_challenge=args.challenge, code_challenge_method="S256")
+    ctx = ssl.create_default_context(cafile=f"{args.certs}/ca.pem")
+    conn = http.client.HTTPSConnection("localhost", args.port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", CONSENT_PATH + "?" + urllib.parse.urlencode(query))
+        resp = conn.getresponse()
+        body = resp.read(4096).decode(errors="replace")
+    except OSError as e:
+        sys.exit(f"no emulator answered on port {args.port} ({e}): start it with `make emulator`")
+    finally:
+        conn.close()
+    where = urllib.parse.urlsplit(resp.getheader("Location") or "")
+    code = urllib.parse.parse_qs(where.query).get("code")
+    if resp.status != 302 or not code:
+        sys.exit(f"the consent page said {resp.status}: {body}")
+    print(code[0])
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["auth-code"]:
+        return auth_code(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--certs", required=True, help="certificate directory (made if needed)")
+    ap.add_argument("--port", type=int, default=0, help="the (trusted) port; default: any free")
     ap.add_argument("--slots", default="slot-a", help="comma-separated slot ids")
     ap.add_argument("--unsubscribed", default="", help="comma-separated slots not subscribed")
     ap.add_argument("--refresh-token", help="register this refresh token (default: generate)")
@@ -1558,10 +1654,15 @@ def main(argv=None):
         is_test_device=args.test_device,
         device_serial=args.serial,
         device_model=args.model,
+        port=args.port,
     )
     for slot in unsubscribed:
         emu.set_subscribed(slot, False)
-    emu.start()
+    try:
+        emu.start()
+    except OSError as e:
+        emu.stop()
+        sys.exit(f"drs_emulator: cannot listen on port {args.port}: {e.strerror}")
     try:
         token = emu.add_refresh_token(args.refresh_token)
         sns = {"topic_arn": emu.topic_arn, "signing_host": f"localhost:{emu.port}"}
