@@ -486,7 +486,7 @@ def test_a_config_command_on_a_device_that_cannot_start_says_so(link_device, clo
     sensor = {"kind": "file", "raw_empty": 0, "raw_full": 1000, "capacity": 1000}
     slots = [
         {"slot_id": "slot-a", "low": 200, "high": 800, "sensor": sensor},
-        {"slot_id": "slot-b", "low": 200, "high": 800, "sensor": dict(sensor, kind="adc")},
+        {"slot_id": "slot-b", "low": 200, "high": 800, "sensor": dict(sensor, kind="adc", pin=34)},
     ]
     dev = link_device(config={"slots": slots}).start()  # no ADC on this board
     assert dev.boot_ok is False

@@ -31,6 +31,8 @@ def command(app, clock, ok, cmd, line, hog):
         out = cycle(app, clock, cmd[-1] == "cold")
     elif name == "meminfo":
         out = meminfo()
+    elif name == "wdt" and app.wdt is not None:
+        out = {"feeds": app.wdt.feeds, "max_gap_ms": app.wdt.max_gap}
     elif name == "hog" and len(cmd) == 2:
         import gc
 
@@ -40,6 +42,26 @@ def command(app, clock, ok, cmd, line, hog):
     else:
         name, out = "error", {"unknown": name}
     print("@%s %s" % (name, json.dumps(out)))
+
+
+class GapWatchdog:
+    """machine.WDT as the firmware uses it, on the unix port: it resets nothing, and keeps
+    the longest real time between two feeds (from when it was armed)."""
+
+    def __init__(self):
+        import time
+
+        self._ticks = time.ticks_ms
+        self._diff = time.ticks_diff
+        self.last = time.ticks_ms()
+        self.feeds = 0
+        self.max_gap = 0
+
+    def feed(self):
+        now = self._ticks()
+        self.max_gap = max(self.max_gap, self._diff(now, self.last))
+        self.last = now
+        self.feeds += 1
 
 
 class _Held:

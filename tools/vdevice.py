@@ -15,6 +15,7 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   cycle [cold]     step until an order is placed; the real time, TLS handshakes and flash
                    writes of the step that placed it ("cold": the access token expired first)
   meminfo    the heap after a collection: free bytes and the largest free block
+  wdt        the fake watchdog's feeds and the longest real time between two (VDEVICE_WDT)
   hog KB     keep KB of heap taken, in small pieces (as the maker's own code would): less
              room for the firmware from here on
   steady N   N steps with each sensor holding its reading: bytes left allocated, then the
@@ -22,7 +23,8 @@ so tests and `make sim` can live through weeks in seconds. Commands, one per lin
   exit
 Answers start with '@'; everything else on stdout is the firmware's own log.
 Environment: VDEVICE_WALL = Unix seconds at start (0 = wall clock unknown); VDEVICE_LIVE
-set: real time passes inside each step (see VirtualClock); VDEVICE_FAULTS set: the fault
+set: real time passes inside each step (see VirtualClock); VDEVICE_WDT set: a fake watchdog
+that measures the longest real time between feeds (`wdt` says it); VDEVICE_FAULTS set: the fault
 points of tools/faults.py (tools/vfaults.py, loaded only then). From a ROMFS
 image (device code and this harness), it is started by tools/vrom.py.
 """
@@ -80,6 +82,10 @@ def main(romfs_heap=0):
     wall = os.getenv("VDEVICE_WALL")
     clock = VirtualClock(int(wall) if wall is not None else 1790000000, os.getenv("VDEVICE_LIVE"))
     app = App(".", clock)
+    if os.getenv("VDEVICE_WDT"):  # a watchdog that keeps the longest real time between feeds
+        import vbench
+
+        app.wdt = vbench.GapWatchdog()
     ok = app.boot()
     print("@boot " + json.dumps({"ok": ok, "romfs_heap": romfs_heap}))
     clock.due = 0
@@ -100,6 +106,7 @@ def main(romfs_heap=0):
                 # A device idle for a bad config steps nothing; its cloud link still works. One
                 # that had no memory to boot tries again, as main() does.
                 wait = app.step() if app.running else 60000
+                app.feed()  # as main() does after a step (its sleeps are virtual here)
                 if not app.running and not app.reason:
                     app.boot()
                 if clock.t0 is not None:  # the step's real time, then the sleep after it

@@ -35,6 +35,9 @@ _NO_READING = const(-9)  # a slot's level before its first reading
 _NOISY = ("state", "sensor-fault", "sensor-ok")  # a level hovering, a sensor flapping
 _NOISY_MAX = const(6)  # lines of those a minute, the rest counted (`hushed`)
 _IDLE_MS = const(60000)  # how often a suspended device looks at nothing in particular
+_SICK = const(5)  # steps in a row that raise before the watchdog is no longer fed
+_NAP_MS = const(30000)  # the longest sleep between two feeds
+_REPL_WDT_MS = const(86400000)  # the watchdog's timeout once a person stopped the firmware
 _DAY = const(86400)
 BACKOFF_STATES = (fsm.INPROGRESS, fsm.RETRY)
 OPEN = (fsm.ORDERING, fsm.ORDERED, fsm.INPROGRESS, fsm.RETRY)  # an order may be out
@@ -131,6 +134,8 @@ class App:
         self._last = clock.ticks_ms()
         self.state: dict = {"slots": {}}
         self.wifi = ("", "")
+        self.wdt = None  # the watchdog, when `main` armed one
+        self.sick = 0  # steps in a row that raised: from _SICK on the watchdog goes hungry
         self.sub_at = -1  # uptime s of the last SubscriptionInfo; -1 = not this boot
         self.sub_dirty = False  # a SubscriptionChanged was relayed
         self.ds_up = -1  # uptime s when DeviceStatus is due; -1 = wall clock not known yet
@@ -313,6 +318,14 @@ class App:
             ms %= 1000
         self._ms = ms
         self._last = now
+        self.feed()
+
+    def feed(self):
+        """Feed the watchdog: the main loop is alive (a step, a network call, a cloud link
+        turn, a slice of sleep has just ended, each bounded), unless the steps keep failing:
+        then the board is reset, and a crash loop ends in safe mode (`liveness`)."""
+        if self.wdt is not None and self.sick < _SICK:
+            self.wdt.feed()
 
     def step(self):
         """Sample once, decide, act. Returns milliseconds until the next step is due."""
@@ -506,6 +519,11 @@ class App:
             wait = self.lwa_at - self.up_s
             if wait > 0:  # LwA's back-off holds for every slot and call, not one
                 return (result.TRANSIENT, "LwA backing off", False, b"%d" % wait)
+            from dash.platform import net_down
+
+            down = net_down(*self.wifi)  # (a board: joined again if need be)
+            if down:  # not LwA's fault: no LwA back-off for it
+                return (result.TRANSIENT, "network: " + down, False, None)
             try:
                 self._refused = lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
@@ -620,31 +638,76 @@ current = None  # the App `main` runs: the bench tool reads it live (`bench.stat
 
 
 def main():
+    """The firmware: never returns, and ends at the REPL only by Ctrl-C or in safe mode."""
     global current
-    from dash.platform import Clock
+    from dash import platform
 
     print("dash: firmware %s started" % VERSION)  # what `dashctl` waits for after a reset
-    clock = Clock()
-    app = current = App(".", clock)
-    app.boot()  # a bad config idles: no step runs, the cloud link (if any) reports why
+    clock = platform.Clock()
+    app = App(".", clock)
+    live = lib("liveness")
+    cause, unclean, why = live.check(".", app.rtc)
+    wdt_ms, clean_s = live.WDT_MS, live.CLEAN_S
+    del live
+    drop("liveness")
+    if why:
+        print("dash: SAFE MODE (%s): the application does not run and the REPL is free;" % why)
+        print("dash: fix the cause, then reset (a power cycle clears the count)")
+        return
+    current = app
+    app.wdt = platform.watchdog(wdt_ms)
+    app.log("start", cause=cause, unclean=unclean)
+    try:
+        _loop(app, clock, unclean, clean_s)
+    except KeyboardInterrupt:
+        # A person at the REPL: the watchdog (which cannot be stopped) waits a day.
+        platform.watchdog(_REPL_WDT_MS)
+        raise
+
+
+def _loop(app, clock, unclean, clean_s):
     while True:
         wait = _IDLE_MS
         try:
             if app.running:
                 wait = app.step()
-            elif not app.reason:  # no memory to boot last time: again
-                app.boot()
+            elif not app.reason:
+                # The first boot, or again after one that failed (no memory, a bug): an
+                # exception here is an error line like a step's, never the end. A bad config
+                # idles: no step runs, the cloud link (if any) reports why.
+                if app.boot():
+                    wait = 0
+            app.sick = 0
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
+            app.sick += 1
             try:
                 app.log("error", reason=describe(e))
             except MemoryError:
                 pass  # no room even to say why: the next step is the next try
             wait = _IDLE_MS
+        app.feed()
+        if unclean and app.up_s >= clean_s:
+            unclean = 0
+            _clean_run(app)
         link = app.link
-        if link is None:
-            clock.sleep_ms(wait)
-            continue
-        try:
-            link.idle(wait)  # the cloud link's turns: a command may fix what is wrong
-        except Exception:  # noqa: BLE001 - the link reports its own; never a crash here
-            clock.sleep_ms(wait)
+        if link is not None:
+            try:
+                link.idle(wait)  # the cloud link's turns: a command may fix what is wrong
+                continue
+            except Exception:  # noqa: BLE001 - the link reports its own; never a crash here
+                pass
+        while wait > 0:  # in naps, each followed by a feed: a long sample period is no hang
+            nap = min(wait, _NAP_MS)
+            clock.sleep_ms(nap)
+            wait -= nap
+            app.feed()
+
+
+def _clean_run(app):
+    """Minutes without a crash: the unclean restarts before them no longer count."""
+    from dash.store import pack, unpack
+
+    app.warm.pop("cr", None)
+    warm = unpack(app.rtc.read())[0] or {}
+    if warm.pop("cr", None) is not None:
+        app.rtc.write(pack(warm)[0])

@@ -172,6 +172,7 @@ class Link:
         end = clock.ticks_add(clock.ticks_ms(), ms)
         while True:
             self.service()
+            app.feed()  # a turn ended, within its budget
             left = clock.ticks_diff(end, clock.ticks_ms())
             if left <= 0 or app.running != running:
                 return
@@ -252,11 +253,12 @@ class Link:
                 c.ctx = context(self.ca)
             drop("trust")
             self.ca = None
-        from dash.platform import net_up
+        from dash.platform import net_down
 
         ssid, password = app.wifi
-        if not net_up(ssid, password, self.budget_ms):  # (a board: joined again if need be)
-            raise OSError("no Wi-Fi")
+        down = net_down(ssid, password, self.budget_ms)  # (a board: joined again if need be)
+        if down:
+            raise OSError(down)
         try:
             # One deadline for all of it (armed in `open`): a connect ends within it.
             present = c.open()

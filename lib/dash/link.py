@@ -6,7 +6,7 @@ only what sampling needs.
 
 from dash import drs, result
 from dash.https import HttpError, error_name
-from dash.platform import net_up
+from dash.platform import net_down
 
 
 def call(app, kind, path, body=b"", max_body=1024, rec=None):
@@ -14,8 +14,9 @@ def call(app, kind, path, body=b"", max_body=1024, rec=None):
     retry-after)) when no answer came. `maybe_sent`: the request left whole, so the server may
     have acted on it. `rec`: an order's slot record, marked `unc` when an attempt was refused
     after it left (a server may act and still say no) before the retry."""
-    if not net_up(*app.wifi):
-        return None, (result.TRANSIENT, "network: no Wi-Fi", False, None)
+    down = net_down(*app.wifi)
+    if down:
+        return None, (result.TRANSIENT, "network: " + down, False, None)
     tokens = app.tokens
     for again in (False, True):
         fail = app.authorise()  # done already, as a rule, before this module was loaded

@@ -135,6 +135,9 @@ def _replenish(app, sl):
             return result.SUSPEND, None, None, "", None  # the answer did not list it
     if subs.get(sl.id) != 1:
         return result.UNSUBSCRIBED, None, None, "", None
+    fail = app.authorise()  # no token (no network, LwA refusing): nothing will leave
+    if fail:
+        return fail[0], None, None, fail[1], fail[3]
     rec["fl"] = 1
     if not app.persist():  # the intent is on flash before anything leaves the device
         return result.TRANSIENT, None, None, "the intent could not be written to flash", None

@@ -77,39 +77,109 @@ class FileSensor:
             return None
 
 
-def net_up(ssid, password, timeout_ms=20000):
-    """Joins Wi-Fi and, once, sets the RTC from NTP. True when requests can go out.
+NO_WIFI = "no Wi-Fi"
+NO_CLOCK = "clock not set (NTP)"
+_JOIN_MS = const(20000)  # the longest a join may take
+_JOIN_BACKOFF_S = const(10)  # the first wait after a failed join; doubled up to ten minutes
+_NTP_S = const(2)  # the longest an NTP exchange may take
+_DAY_MS = const(86400000)
+# Failed joins in a row; ticks when the next join may start; ticks of the last NTP sync, and
+# whether there was one (ticks alone cannot tell: they wrap).
+net_state: list = [0, 0, 0, 0]  # (tests start it afresh)
 
-    The unix port has the host's network and clock, so there it is always True."""
+
+def net_down(ssid, password, timeout_ms=_JOIN_MS):
+    """Why requests cannot go out ("" when they can): joins Wi-Fi within `timeout_ms`, backing
+    off with jitter after a failed join (so a dead access point costs the callers nothing),
+    and sets the RTC from NTP, within _NTP_S, at the first chance and then daily (clocks
+    drift). A board whose clock was never set makes no request: a certificate's dates, and
+    every date DRS is told, would be wrong.
+
+    The unix port has the host's network and clock: nothing to do there."""
     if not ESP32:
-        return True
+        return ""
     import network
 
+    net = net_state
+    now = time.ticks_ms()
     try:
         wlan = network.WLAN(network.STA_IF)
         if not wlan.isconnected():
             if not ssid:
-                return False
+                return NO_WIFI
+            if net[0] and time.ticks_diff(net[1], now) > 0:
+                return NO_WIFI  # backing off
             wlan.active(True)
             wlan.connect(ssid, password)
-            t0 = time.ticks_ms()
             while not wlan.isconnected():
-                if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
+                if time.ticks_diff(time.ticks_ms(), now) > timeout_ms:
                     wlan.disconnect()  # a later call starts a clean attempt
-                    return False
+                    raise OSError(0)
                 time.sleep_ms(200)
     except OSError:
-        # The driver refused ("Wifi Internal Error", the radio busy): at boot that must not
-        # stop the firmware; a later call tries again.
-        return False
-    if Clock().wall() == 0:
+        # Not joined in time, or the driver refused ("Wifi Internal Error", the radio busy):
+        # never a stop; a later call tries again, after a jittered wait.
+        import random
+
+        span = min(_JOIN_BACKOFF_S << min(net[0], 6), 600) * 1000
+        net[0] += 1
+        net[1] = time.ticks_add(time.ticks_ms(), span // 2 + random.getrandbits(20) % (span // 2))
+        return NO_WIFI
+    net[0] = 0
+    if not net[3] or time.ticks_diff(now, net[2]) >= _DAY_MS:
         try:
             import ntptime
 
-            ntptime.settime()  # UTC; tokens then survive reboots with an absolute expiry
-        except Exception:  # noqa: BLE001 - no time yet only costs a refresh after reboot
-            pass
-    return True
+            ntptime.timeout = _NTP_S
+            ntptime.settime()  # UTC
+            net[2], net[3] = now, 1
+        except Exception:  # noqa: BLE001 - an hour later; until then the clock we have
+            if net[3]:
+                net[2] = time.ticks_add(now, 3600000 - _DAY_MS)
+    return "" if Clock().wall() else NO_CLOCK
+
+
+def watchdog(timeout_ms):
+    """machine.WDT armed (or, called again, set anew) for `timeout_ms`; None on a port that
+    has none (the unix port)."""
+    try:
+        import machine
+
+        return machine.WDT(timeout=timeout_ms)
+    except (ImportError, AttributeError):
+        return None
+
+
+def reset_cause():
+    """(why the board last started, as a word; True when it was not clean: a watchdog, a
+    panic or a brown-out, nobody asked for it)."""
+    try:
+        import machine
+
+        c = machine.reset_cause()
+        if c == machine.WDT_RESET:
+            return "watchdog", True
+        if c == machine.HARD_RESET:
+            return "panic or brown-out", True
+        if c == machine.PWRON_RESET:
+            return "power on", False
+        if c == machine.SOFT_RESET:
+            return "reset", False
+        if c == machine.DEEPSLEEP_RESET:
+            return "deep sleep", False
+    except (ImportError, AttributeError):
+        pass
+    return "unknown", False
+
+
+def pin_low(n):
+    """True when GPIO `n` (pulled up) is held low: a button to ground pressed."""
+    try:
+        import machine
+
+        return machine.Pin(n, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def unique_id():
@@ -124,8 +194,20 @@ def unique_id():
 
 
 def open_sensor(cfg):
-    if cfg["kind"] == "adc":
-        from dash.adc import AdcSensor  # its own module: only a board with one loads it
+    """The slot's sensor from its validated `sensor` config: an object whose `read()` gives a
+    raw count, or None when there is no sane reading; it allocates nothing once made. Each
+    hardware kind is its own module, loaded only on a board that has one."""
+    kind = cfg["kind"]
+    if kind == "adc":
+        from dash.adc import AdcSensor
 
-        return AdcSensor(cfg["pin"])
+        return AdcSensor(cfg)
+    if kind == "hx711":
+        from dash.hx711 import HX711Sensor
+
+        return HX711Sensor(cfg)
+    if kind == "pulse":
+        from dash.flow import PulseSensor
+
+        return PulseSensor(cfg)
     return FileSensor(cfg["path"])

@@ -14,6 +14,7 @@ _BOOT_ONLY = (
     "token_margin_s",
     "slots",
     "mqtt",  # the link keeps what it needs
+    "safe_pin",  # for `liveness`, which reads it itself
 )
 
 
@@ -21,7 +22,7 @@ def boot(app, cfg, sec, errors, urls, off=()):
     """Start from the checked config (`errors`: idle instead) and the persisted state.
     Returns False when idling. `off`: what is wrong with the cloud link's config, or why it
     could not start; it is said, and the device orders without it."""
-    from dash.platform import net_up, open_sensor
+    from dash.platform import net_down, open_sensor
 
     if off:
         _off(app, off)
@@ -33,7 +34,7 @@ def boot(app, cfg, sec, errors, urls, off=()):
         app.reason = "config"
         app.log("suspended", reason="config", hint="fix the files above, then reset")
         if app.link is not None:
-            net_up(*app.wifi)  # the link reports it, and a command may fix it
+            net_down(*app.wifi)  # the link reports it, and a command may fix it
         return False
     drs_url, lwa_url = urls
     app.reason = ""
@@ -49,7 +50,7 @@ def boot(app, cfg, sec, errors, urls, off=()):
     app.lwa_url = lwa_url
     # Join the network first: on a board that sets the clock, which the token and the
     # back-off deadlines on flash are kept against.
-    net_up(*app.wifi)
+    net_down(*app.wifi)
     app.store = Store(app.root)
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
     if app.link is not None:

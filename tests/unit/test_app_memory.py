@@ -135,6 +135,9 @@ class OrderingApp:
     def subscriptions_stale(self):
         return False
 
+    def authorise(self):
+        return None  # a good token
+
     def persist(self):
         return False
 
@@ -228,3 +231,15 @@ def test_an_answer_that_cannot_be_taken_in_backs_off_and_is_then_recognised_as_o
         ordering._replenish = real
     assert m.state == fsm.ORDERED and sl.rec["ev"] == "amzn1.e2" and sl.rec["unc"] == 0
     assert any("order-recovered" in line for line in got)
+
+
+def test_an_order_without_a_token_writes_no_intent_and_logs_no_request():
+    class NoToken(OrderingApp):
+        def authorise(self):
+            return (result.TRANSIENT, "network: no Wi-Fi", False, None)
+
+        def persist(self):
+            raise AssertionError("no intent on flash for a request that cannot leave")
+
+    outcome, eid, code, reason, retry_after = ordering._replenish(NoToken(), Slot())
+    assert outcome == result.TRANSIENT and reason == "network: no Wi-Fi" and eid is None

@@ -81,6 +81,10 @@ def _fake_network(connect_after):
     return net
 
 
+def _reset_net():
+    platform.net_state[:] = [0, 0, 0, 0]
+
+
 def _with(mods, fn):
     saved = platform.ESP32
     platform.ESP32 = True
@@ -135,7 +139,7 @@ def test_rtc_memory_on_the_unix_port_is_a_file_and_keep_drops_what_does_not_fit(
 
 
 def test_unix_port_needs_no_network_bring_up():
-    assert platform.net_up("", "") is True
+    assert platform.net_down("", "") == ""
 
 
 def test_wifi_join_then_clock_set_once():
@@ -150,23 +154,30 @@ def test_wifi_join_then_clock_set_once():
     wall = platform.Clock.wall
     platform.Clock.wall = lambda self: 0  # RTC unset, as after a cold boot
     try:
-        ok = _with({"network": net, "ntptime": ntp}, lambda: platform.net_up("home", "pw"))
+        down = _with({"network": net, "ntptime": ntp}, lambda: platform.net_down("home", "pw"))
     finally:
         platform.Clock.wall = wall
-    assert ok is True
+    # NTP ran within its deadline; the clock is still unset (this fake sets nothing): no
+    # request may go out, as a certificate's dates could not be checked.
+    assert down == platform.NO_CLOCK and ntp.timeout == 2
     assert ("connect", "home") in net.log and ntp.n == 1
 
 
 def test_wifi_that_never_joins_gives_up_and_resets():
     net = _fake_network(connect_after=None)
-    ok = _with({"network": net}, lambda: platform.net_up("home", "pw", timeout_ms=0))
-    assert ok is False
+    down = _with({"network": net}, lambda: platform.net_down("home", "pw", timeout_ms=0))
+    assert down == platform.NO_WIFI
     assert net.log[-1] == ("disconnect",)
+    # Backing off: the next calls cost nothing, until the jittered wait (5 to 10 s) is over.
+    n = len(net.log)
+    assert _with({"network": net}, lambda: platform.net_down("home", "pw", 0)) == "no Wi-Fi"
+    assert len(net.log) == n
+    _reset_net()
 
 
 def test_no_ssid_means_no_network_rather_than_a_hang():
     net = _fake_network(connect_after=0)
-    assert _with({"network": net}, lambda: platform.net_up("", "")) is False
+    assert _with({"network": net}, lambda: platform.net_down("", "")) == platform.NO_WIFI
     assert net.log == []
 
 
@@ -177,4 +188,34 @@ def test_a_wifi_driver_error_is_no_network_not_a_stop():
         raise OSError("Wifi Internal Error")
 
     net.WLAN.connect = refuse
-    assert _with({"network": net}, lambda: platform.net_up("home", "pw")) is False
+    assert _with({"network": net}, lambda: platform.net_down("home", "pw")) == "no Wi-Fi"
+    _reset_net()
+
+
+def test_the_clock_is_set_again_daily_and_an_ntp_failure_is_retried_within_the_hour():
+    _reset_net()
+    net = _fake_network(connect_after=0)
+    ntp = _Obj()
+    ntp.n = 0
+    ntp.fail = False
+
+    def settime():
+        ntp.n += 1
+        if ntp.fail:
+            raise OSError(110)
+
+    ntp.settime = settime
+    mods = {"network": net, "ntptime": ntp}
+    assert _with(mods, lambda: platform.net_down("home", "pw")) == ""  # the host's clock is set
+    assert _with(mods, lambda: platform.net_down("home", "pw")) == "" and ntp.n == 1
+    import time
+
+    st = platform.net_state
+    st[2] = time.ticks_add(time.ticks_ms(), -86400000)  # a day later
+    ntp.fail = True
+    assert _with(mods, lambda: platform.net_down("home", "pw")) == "" and ntp.n == 2
+    # Failed: the clock it has is kept, and it is asked again in an hour, not at every call.
+    assert _with(mods, lambda: platform.net_down("home", "pw")) == "" and ntp.n == 2
+    left = 86400000 - time.ticks_diff(time.ticks_ms(), st[2])
+    assert 3590000 < left <= 3600000
+    _reset_net()
