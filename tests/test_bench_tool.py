@@ -91,7 +91,7 @@ def test_ordinary_use_never_ends_in_a_traceback(board, emulator, certs, tmp_path
     # --help names every command, one line each; each command has its own --help.
     helps = subprocess.run([*DASHCTL, "--help"], capture_output=True, text=True).stdout
     commands = ["deploy", "provision", "challenge", "register", "deregister", "status", "log"]
-    commands += ["relay", "rtc", "test-order", "restart", "factory-reset"]
+    commands += ["relay", "rtc", "test-order", "calibrate", "restart", "factory-reset"]
     for c in commands:
         assert any(line.split()[:1] == [c] for line in helps.splitlines()), c
         sub = subprocess.run([*DASHCTL, c, "--help"], capture_output=True, text=True)
@@ -124,6 +124,29 @@ def test_log_follows_until_ctrl_c_and_says_when_the_firmware_is_stopped(
     dashctl(board, "factory-reset", "--yes")
     p = dashctl(board, "log", "--seconds", "2", ok=False)
     assert "the firmware is stopped" in p.stdout, p.stdout
+
+
+def test_calibrate_prints_the_raw_counts_live_and_restarts_the_firmware(
+    board,
+    emulator,
+    certs,
+    tmp_path,
+):
+    registered_board(board, emulator, certs, tmp_path)
+    (board.flash / "level.txt").write_text("432\n")
+    dashctl(board, "restart")
+    p = dashctl(board, "calibrate", "--seconds", "2")
+    lines = p.stdout.splitlines()
+    readings = [ln for ln in lines if "slot slot-a: raw 432, level 432" in ln]
+    assert len(readings) >= 3, p.stdout  # one every half second, with the calibrated level
+    assert "slot slot-a: %d readings, raw 432 to 432, median 432" % len(readings) in p.stdout
+    assert "firmware restarted" in p.stderr and "Traceback" not in p.stdout + p.stderr
+    # The sensor's file is read afresh each time: what the board's sensor sees, live.
+    (board.flash / "level.txt").write_text("garbage")
+    p = dashctl(board, "calibrate", "--seconds", "1", "--slot", "slot-a", "--json", ok=False)
+    first = json.loads(p.stdout.splitlines()[0])
+    assert first["slot"] == "slot-a" and first["raw"] is None and first["fault"] == "unreadable"
+    assert p.returncode == 1  # nothing read
 
 
 def test_deregister_and_relay_are_commands(board, emulator, certs, tmp_path):

@@ -485,7 +485,7 @@ def test_bad_config_names_each_key_and_idles(make_device, emulator):
 
 def test_a_sensor_the_board_cannot_open_is_a_config_error(make_device, emulator):
     # An ADC sensor on the unix port, which has no ADC: as a pin without one on a board.
-    sensor = {"kind": "adc", "pin": 5, "raw_empty": 0, "raw_full": 65535, "capacity": 1000}
+    sensor = {"kind": "adc", "pin": 34, "raw_empty": 0, "raw_full": 65535, "capacity": 1000}
     dev = make_device(config={"sensor": sensor})
     dev.start()
     assert dev.boot_ok is False

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 
@@ -68,3 +69,17 @@ def test_provision_checks_on_the_host_and_writes_nothing_when_wrong(tmp_path):
     for key in ("'slot_id'", "'low' must be below 'high'", "'sensor.kind'", "'client_secret'"):
         assert key in p.stderr, key
     assert "TOP SECRET" not in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    "profile", sorted((REPO / "firmware" / "boards").glob("*.json")), ids=lambda p: p.name
+)
+def test_every_board_profile_passes_the_firmwares_own_checks(profile):
+    sys.path.insert(0, str(REPO / "tools"))
+    import dashctl
+
+    config = dashctl.load_config_rules()
+    secrets = {"client_id": "amzn1.application-oa2-client.x"}
+    cfg, _, errors = config.validate(json.loads(profile.read_text()), secrets)
+    assert errors == [], errors
+    assert cfg["slots"][0]["sensor"]["kind"] in ("adc", "hx711", "pulse")  # a board's

@@ -15,6 +15,7 @@ Usage: python3 tools/bench.py [--cycles N] [--frag-cycles N]
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,6 +45,9 @@ TARGETS = {
     "heap_min_kb_romfs": ("<=", 32),
     "heap_min_kb_mpy": ("<=", 48),
     "loop_alloc_bytes": ("==", 0),
+    "loop_alloc_bytes_adc": ("==", 0),
+    "loop_alloc_bytes_hx711": ("==", 0),
+    "loop_alloc_bytes_pulse": ("==", 0),
     "handshakes_per_order_warm": ("==", 1),
     "handshakes_per_order_cold": ("<=", 2),
     "flash_writes_idle_day": ("==", 0),
@@ -285,6 +289,23 @@ def heap_by_module(art, resident):
     return out
 
 
+def sensor_alloc():
+    """loop_alloc_bytes_<kind>: what the sampling step's sensor part (the sensor's read, the
+    signal's feed) allocates per step for each hardware sensor kind, through the fakes of the
+    ESP32 API in tests/unit (`test_sensors.alloc_per_step`). The step's rest is
+    loop_alloc_bytes, measured with a sensor that replays one reading."""
+    path = ":".join(str(REPO / d) for d in ("lib", "tests/unit", "build/mplib"))
+    proc = subprocess.run(
+        [MICROPYTHON, "-c", "import json,test_sensors as t;print(json.dumps(t.alloc_per_step()))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "MICROPYPATH": path},
+    )
+    return {"loop_alloc_bytes_" + k: v for k, v in json.loads(proc.stdout).items()}
+
+
 def run(args, work):
     certs = ensure_certs(str(REPO / "build" / "certs"))
     art = build(work)
@@ -329,6 +350,7 @@ def run(args, work):
             steady = dev.command("steady", "200")
             r["loop_alloc_bytes"] = steady["alloc_bytes"] // 200
             r["loop_heap_locked_ok"] = steady["heap_locked_ok"]
+            r.update(sensor_alloc())
             cold = b.order_cycles(dev, args.cycles, cold=True)
             warm = b.order_cycles(dev, args.cycles, cold=False)
             emu.mark_delivered(SLOT)
@@ -425,6 +447,9 @@ def table(r):
         ("heap_min_kb_mpy_mqtt", "heap_min_kb_naive", "KB"),
         ("heap_min_kb_romfs_mqtt", "heap_min_kb_naive", "KB"),
         ("loop_alloc_bytes", None, "bytes/step"),
+        ("loop_alloc_bytes_adc", None, "bytes/step, the sensor's part"),
+        ("loop_alloc_bytes_hx711", None, "bytes/step, the sensor's part"),
+        ("loop_alloc_bytes_pulse", None, "bytes/step, the sensor's part"),
         ("handshakes_per_order_warm", "handshakes_per_order_naive", ""),
         ("handshakes_per_order_cold", "handshakes_per_order_naive", ""),
         ("flash_writes_per_order", "flash_writes_per_order_naive", ""),

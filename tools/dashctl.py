@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -137,6 +138,45 @@ class Board:
         try:
             return self.exec_json("from dash import bench; bench." + call, live=True)
         finally:
+            self.restart()
+
+    def stream(self, call, seconds, take):
+        """A `dash.bench` command that prints as it goes, on the firmware as it was: `take` gets
+        each line as it comes (its JSON decoded, else the text). Bounded by `seconds` and the
+        timeout; then the board is reset, as after `bench`."""
+        cmd = [sys.executable, "-m", "mpremote", *port_args(self.port), "resume", "exec"]
+        cmd.append("from dash import bench; bench." + call)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fired = threading.Event()
+
+        def kill():
+            fired.set()
+            p.kill()
+
+        late = threading.Timer(seconds + self.timeout, kill)  # mpremote exec waits for ever
+        late.start()
+        try:
+            for line in p.stdout:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        take(json.loads(line))
+                        continue
+                    except ValueError:
+                        pass
+                if line:
+                    take(line)
+            p.wait()
+            if fired.is_set():
+                raise BoardError("mpremote gave no answer in %ds" % (seconds + self.timeout))
+            if p.returncode != 0:
+                lines = p.stderr.read().strip().splitlines()
+                raise BoardError("mpremote: " + (lines[-1] if lines else "failed"))
+        finally:
+            late.cancel()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
             self.restart()
 
     def restart(self):
@@ -497,6 +537,62 @@ def tail(board, seconds, restart, follow=False):
     return 0
 
 
+def calibrate(board, seconds, slot, as_json):
+    """Each slot's raw count, live, then per slot the range and median of what it read: with the
+    container empty, the median is `raw_empty`; full, `raw_full`."""
+    seen: dict = {}
+
+    def take(r):
+        if as_json:
+            print(json.dumps(r) if isinstance(r, dict) else r, flush=True)
+        if not isinstance(r, dict):
+            if not as_json:
+                print(r, flush=True)  # not ours: the board said it (a traceback)
+            return
+        if "slot" in r and "raw" in r:
+            vals = seen.setdefault(r["slot"], [])
+            if r["raw"] is not None:
+                vals.append(r["raw"])
+        if as_json:
+            return
+        for e in r.get("config_errors", ()):
+            print("config: " + e, flush=True)
+        if "error" in r:
+            print("slot %s: %s" % (r["slot"], r["error"]), flush=True)
+        elif r.get("ok") is False:
+            print("no reading: " + r["reason"], flush=True)
+        elif "raw" in r:
+            line = "%6.1f s  slot %s: raw %s" % (
+                r["ms"] / 1000,
+                r["slot"],
+                "none" if r["raw"] is None else r["raw"],
+            )
+            if "level" in r:
+                line += ", level %s" % r["level"]
+            if "fault" in r:
+                line += ", fault %s" % r["fault"]
+            print(line, flush=True)
+
+    board.stream("raw(%r, %r)" % (seconds, slot), seconds, take)
+    if as_json:
+        return 0 if any(seen.values()) else 1
+    for sid, vals in seen.items():
+        if vals:
+            mid = sorted(vals)[len(vals) // 2]
+            print(
+                "slot %s: %d readings, raw %d to %d, median %d"
+                % (sid, len(vals), min(vals), max(vals), mid)
+            )
+        else:
+            print("slot %s: no reading (see the faults above)" % sid)
+    if not any(seen.values()):
+        return 1
+    print(
+        "with the container empty the median is raw_empty; full, raw_full (docs/configuration.md)"
+    )
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="dashctl",
@@ -538,6 +634,10 @@ def main(argv=None):
     cmd("rtc", "set the board's clock from this computer's")
     p = cmd("test-order", "order now for a slot: only on a test registration")
     p.add_argument("slot", nargs="?", help="the slot id (default: the first)")
+    p = cmd("calibrate", "print raw sensor counts live, to find raw_empty and raw_full")
+    p.add_argument("--seconds", type=float, default=10, help="how long (default 10)")
+    p.add_argument("--slot", help="only this slot (default: every slot)")
+    p.add_argument("--json", action="store_true", help="the board's JSON lines, as they come")
     cmd("restart", "reset the board: boot.py and main.py run, the firmware starts")
     p = cmd("factory-reset", "forget state, tokens and secrets; keep firmware and config.json")
     p.add_argument("--yes", action="store_true", help="do not ask")
@@ -621,6 +721,8 @@ def run(board, args):
             print("no test order: " + r.get("reason", r.get("state", "")))
             return 1
         print("test order %s for %s (%s)" % (r["event_instance_id"], r["slot"], r["detail_code"]))
+    elif args.cmd == "calibrate":
+        return calibrate(board, args.seconds, args.slot, args.json)
     elif args.cmd == "restart":
         started = board.restart()
         if started is False:

@@ -8,8 +8,9 @@
     >>> bench.relay('{"notificationInfo": ...}')  # a DRS notification, by hand
     >>> bench.test_order("slot-a")  # order now: only with "test_device": true in config.json
     >>> bench.factory_reset()       # forget state, tokens and secrets; keep code and config
+    >>> bench.raw(10)               # each slot's raw sensor count, live, to calibrate it
 
-Each works on the firmware as it runs, stopped (mpremote stops it when it enters the raw
+Each but `raw` works on the firmware as it runs, stopped (mpremote stops it when it enters the raw
 REPL, without a soft reset: `mpremote resume exec`): the live application `main` started,
 with its levels and counters. When none runs, each builds one from the files on flash. Either
 way it does one thing and persists it; `dashctl` then resets the board so that the firmware
@@ -125,3 +126,79 @@ def factory_reset():
     out = {"ok": True, "removed": gone}
     print(json.dumps(out))
     return out
+
+
+def raw(seconds=10, slot_id=None, every_ms=500, root="."):
+    """Each slot's raw sensor count (or only `slot_id`'s), read every `every_ms` for `seconds`:
+    one JSON line per reading, with the level the calibration makes of it when the config has
+    one. What a maker reads off to set `raw_empty` and `raw_full` with the real container.
+
+    The sensors are opened afresh from config.json, as the firmware opens them (the firmware is
+    stopped meanwhile): a config still without `raw_empty`/`raw_full` will do. A pulse sensor
+    counts from 0 again here. A first line lists the config's errors about sensors, if any."""
+    import time
+
+    from dash import config
+    from dash.platform import open_sensor
+    from dash.signal import Signal, fault_name
+
+    errors: list = []
+    obj = config.read(root + "/" + config.CONFIG, errors)
+    cfg: dict = {}
+    if obj is not None:
+        cfg, _, more = config.validate(obj, None)
+        errors += [e for e in more if "sensor" in e]
+    if errors:
+        print(json.dumps({"config_errors": errors}))
+    slots = []
+    for i, sc in enumerate(cfg.get("slots", ())):
+        sid = sc.get("slot_id") or "slots[%d]" % i
+        if slot_id is not None and sid != slot_id:
+            continue
+        s = sc.get("sensor") or {}
+        try:
+            if s.get("kind") == "file" and not s["path"].startswith("/"):
+                s["path"] = root + "/" + s["path"]  # under the root, as the firmware has it
+            sensor = open_sensor(s)
+        except Exception as e:  # noqa: BLE001 - said, and the other slots still read
+            why = "%s %s" % (type(e).__name__, e)
+            print(json.dumps({"slot": sid, "error": "its sensor cannot be opened: " + why}))
+            continue
+        sig = None
+        cal = "raw_empty" in s and "raw_full" in s and "capacity" in s
+        if cal and s["raw_empty"] != s["raw_full"]:
+            g = s.get  # (a key with a bad value is missing: said in config_errors)
+            sig = Signal(
+                s["raw_empty"],
+                s["raw_full"],
+                s["capacity"],
+                g("margin", 0),
+                g("raw_max", 0),
+                g("stuck_samples", 0),
+                g("max_drop", 0),
+                g("median", 5),
+                g("ema_shift", 0),
+            )
+        slots.append((sid, sensor, sig))
+    if not slots:
+        why = "no slot " + slot_id if slot_id is not None else "no sensor to read"
+        print(json.dumps({"ok": False, "reason": why}))
+        return
+    t0 = time.ticks_ms()
+    while True:
+        ms = time.ticks_diff(time.ticks_ms(), t0)
+        if ms >= seconds * 1000:
+            break
+        for sid, sensor, sig in slots:
+            r = sensor.read()
+            out = {"ms": ms, "slot": sid, "raw": r}
+            if r is None:
+                out["fault"] = "unreadable"
+            elif sig is not None:
+                level = sig.feed(r)
+                if level < 0:
+                    out["fault"] = fault_name(level)
+                else:
+                    out["level"] = level
+            print(json.dumps(out))
+        time.sleep_ms(every_ms)

@@ -19,7 +19,8 @@ _BIG = const(0x3FFFFFFF)
 # Five items per key, in one flat tuple (a tuple per key would cost a heap object each):
 # key, type, min, max, default. Type: "i" int, "s" slot id, "u" https URL, "f" file name,
 # "k" sensor kind, "t" token-like secret, "w" Wi-Fi text, "r" region, "a" any text, "b" bool,
-# "h" host name, "d" device id (a topic level), "p" topic prefix, "m" MQTT transport.
+# "h" host name, "d" device id (a topic level), "p" topic prefix, "m" MQTT transport,
+# "g" ADC attenuation in dB, "l" pull resistor.
 # For strings min/max bound the length. Default None: derived after the check.
 # fmt: off
 _SCHEMA = (
@@ -33,12 +34,13 @@ _SCHEMA = (
     "retry_base_s", "i", 1, 86400, 30,
     "retry_cap_s", "i", 1, 7 * 86400, 6 * 3600,
     "token_margin_s", "i", 0, 1800, 300,
-    "http_timeout_s", "i", 1, 120, 15,
+    "http_timeout_s", "i", 1, 60, 15,  # 7 x 60 s: the worst call, well inside the watchdog
     "subscription_check_s", "i", 600, 86400, 86400,
     "order_check_s", "i", 600, 7 * 86400, 12 * 3600,
     "order_checks_max", "i", 0, 1000, 30,
     "slot_status_min_s", "i", 60, 7 * 86400, 3600,
     "test_device", "b", 0, 1, False,
+    "safe_pin", "i", 0, 39, None,  # read by `liveness` itself
 )
 # Per slot: in a "slots" list, or at the top level for a device with one slot.
 _SLOT = (
@@ -49,10 +51,18 @@ _SLOT = (
     "warmup_samples", "i", 1, 1000, 5,
     "report_delta", "i", 0, _BIG, 0,
 )
+# The hardware keys (pin to pull) belong to some kinds only (`_ONLY`); their defaults, and
+# which are required, depend on the kind: see `_check_sensor`.
 _SENSOR = (
     "kind", "k", 1, 8, _REQ,
     "path", "f", 1, 64, "level.txt",
-    "pin", "i", 0, 255, 0,
+    "pin", "i", 0, 39, None,
+    "dout", "i", 0, 39, None,
+    "sck", "i", 0, 39, None,
+    "gain", "i", 32, 128, None,
+    "attenuation", "g", 0, 11, None,
+    "samples", "i", 1, 64, None,
+    "pull", "l", 2, 4, None,
     "raw_empty", "i", -_BIG, _BIG, _REQ,
     "raw_full", "i", -_BIG, _BIG, _REQ,
     "capacity", "i", 1, 1000000, _REQ,
@@ -100,7 +110,24 @@ _LWA = {
     "fe": "https://api.amazon.co.jp/auth/o2/token",
 }
 DRS_NA = "https://dash-replenishment-service-na.amazon.com"
-SENSOR_KINDS = ("file", "adc")
+SENSOR_KINDS = ("file", "adc", "hx711", "pulse")
+# The kinds each kind-specific sensor key belongs to (any other kind: an error, as a typo is).
+# fmt: off
+_ONLY = (
+    "path", "file",
+    "pin", "adc pulse",
+    "dout", "hx711",
+    "sck", "hx711",
+    "gain", "hx711",
+    "attenuation", "adc",
+    "samples", "adc hx711",
+    "pull", "pulse",
+)
+# fmt: on
+_ATTEN = (0, 2.5, 6, 11)  # dB: the ESP32 ADC's four input ranges
+# ESP32 GPIOs (the config is for the appliance's board, whichever port checks it).
+_STRAPPING = (0, 2, 5, 12, 15)
+_ADC2 = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27)
 
 
 def parse_url(url):
@@ -148,6 +175,10 @@ def _check(src, schema, out, errors, where, prefix="", text=None):
                 msg = "must be a whole number from %d to %d" % (lo, hi)
                 errors.append("%s: '%s' %s" % (where, name, msg))
                 continue
+        elif typ == "g":
+            if isinstance(v, bool) or v not in _ATTEN:
+                errors.append("%s: '%s' must be 0, 2.5, 6 or 11 (dB)" % (where, name))
+                continue
         else:
             if not isinstance(v, str) or not lo <= len(v) <= hi:
                 msg = "must be text of %d to %d characters" % (lo, hi)
@@ -176,6 +207,8 @@ def _check(src, schema, out, errors, where, prefix="", text=None):
                 bad = "may only hold letters, digits, - _ and /, not at either end"
             elif typ == "m" and v not in ("tls", "plain"):
                 bad = "must be tls, or plain for a broker on the bench"
+            elif typ == "l" and v not in ("up", "down", "none"):
+                bad = "must be up, down or none"
             if bad:
                 errors.append("%s: '%s' %s" % (where, name, bad))
                 continue
@@ -185,9 +218,13 @@ def _check(src, schema, out, errors, where, prefix="", text=None):
         if key not in known:
             if where == SECRETS:
                 # Never echoed: a password pasted as a key would land in the log. Where it is.
-                at = text.find(json.dumps(key)) if text else -1
-                line = "on line %d" % (text.count("\n", 0, at) + 1) if at >= 0 else ""
-                errors.append("%s: the key %s is not a known key (not shown)" % (where, line))
+                # (The file's text is bytes, as read; a test may give str.)
+                k = json.dumps(key)
+                s = isinstance(text, str)
+                at = text.find(k if s else k.encode()) if text else -1
+                nl = "\n" if s else b"\n"
+                line = " on line %d" % (text.count(nl, 0, at) + 1) if at >= 0 else ""
+                errors.append("%s: a key%s is not a known key (not shown)" % (where, line))
                 continue
             errors.append("%s: '%s%s' is not a known key" % (where, prefix, key))
 
@@ -232,7 +269,82 @@ def read(path, errors, texts=None):
     return obj
 
 
-def _check_slot(src, out, errors, prefix):
+def _gpio(n, use):
+    """Why ESP32 GPIO `n` cannot serve `use` ("a" an ADC, "i" an input, "p" an input with a
+    pull resistor, "o" an output), or None."""
+    if n in (20, 24) or 28 <= n <= 31:
+        return "does not exist on an ESP32"
+    if 6 <= n <= 11:
+        return "is wired to the flash chip (GPIO 6 to 11)"
+    if n in (1, 3):
+        return "is the serial console (UART0), which the REPL and dashctl need"
+    strap = n in _STRAPPING
+    if use == "a" and n < 32:
+        if n in _ADC2:
+            why = "is an ADC2 pin, which cannot be read while Wi-Fi is on"
+            if strap:
+                why += ", and a strapping pin"
+        else:
+            why = "has no ADC"
+        return why + ": use an ADC1 pin, 32 to 39"
+    if strap:
+        return "is a strapping pin: its level at reset decides the boot mode or flash voltage"
+    if n >= 34 and use == "o":
+        return "is input only (GPIO 34 to 39)"
+    if n >= 34 and use == "p":
+        return "has no pull resistor (GPIO 34 to 39): fit one and set 'pull' to none"
+    return None
+
+
+def _check_sensor(src, s, errors, name, gpios):
+    """The kind's own keys: which apply, which are required, their defaults; and whether each
+    GPIO can do its job (`gpios`: GPIO -> the key that has it, over the whole device)."""
+    kind = s.get("kind")
+    pins: tuple = ()  # (key, use) pairs, flat
+    for i in range(0, len(_ONLY), 2):
+        key = _ONLY[i]
+        if key in src and kind is not None and kind not in _ONLY[i + 1].split():
+            errors.append("%s: '%s%s' does not apply to kind %s" % (CONFIG, name, key, kind))
+    if kind == "adc":
+        s.setdefault("attenuation", 11)
+        s.setdefault("samples", 8)
+        pins = ("pin", "a")
+    elif kind == "hx711":
+        s.setdefault("gain", 128)
+        s.setdefault("samples", 1)
+        if s["gain"] not in (128, 64, 32):
+            errors.append(
+                "%s: '%sgain' must be 128 or 64 (channel A), or 32 (channel B)" % (CONFIG, name)
+            )
+        pins = ("dout", "i", "sck", "o")
+    elif kind == "pulse":
+        s.setdefault("pull", "up")
+        pins = ("pin", "i" if s["pull"] == "none" else "p")
+    else:
+        return
+    if kind == "hx711" and s.get("raw_max"):
+        # The saturation check takes a count at or below 0 for a rail; an HX711's go negative
+        # (it checks its own rails).
+        errors.append("%s: '%sraw_max' must be 0 for an hx711" % (CONFIG, name))
+    if kind == "pulse" and s.get("stuck_samples"):
+        # A meter repeats its count for as long as nothing flows: that is no stuck sensor.
+        errors.append("%s: '%sstuck_samples' must be 0 for a pulse sensor" % (CONFIG, name))
+    for i in range(0, len(pins), 2):
+        key = pins[i]
+        n = s.get(key)
+        if n is None:
+            if key not in src:  # (a bad value is said already)
+                errors.append("%s: '%s%s' is missing" % (CONFIG, name, key))
+            continue
+        why = _gpio(n, pins[i + 1])
+        if why is None and n in gpios:
+            why = "is used by '%s' already" % gpios[n]
+        if why:
+            errors.append("%s: '%s%s' GPIO %d %s" % (CONFIG, name, key, n, why))
+        gpios.setdefault(n, name + key)
+
+
+def _check_slot(src, out, errors, prefix, gpios=None):
     rest = {k: src[k] for k in src if k != "sensor"}
     _check(rest, _SLOT, out, errors, CONFIG, prefix)
     sensor = src.get("sensor")
@@ -241,6 +353,7 @@ def _check_slot(src, out, errors, prefix):
         return
     s: dict = {}
     _check(sensor, _SENSOR, s, errors, CONFIG, prefix + "sensor.")
+    _check_sensor(sensor, s, errors, prefix + "sensor.", {} if gpios is None else gpios)
     out["sensor"] = s
     if s.get("raw_empty") is not None and s.get("raw_empty") == s.get("raw_full"):
         errors.append(
@@ -281,13 +394,14 @@ def validate(raw, secrets, secrets_text=None):
         _check(rest, _SCHEMA, cfg, errors, CONFIG)
         cfg["slots"] = []
         seen = []
+        gpios: dict = {}
         for i, src in enumerate(slots):
             prefix = "slots[%d]." % i if "slots" in raw else ""
             if not isinstance(src, dict):
                 errors.append("%s: '%s' must be an object" % (CONFIG, prefix[:-1]))
                 continue
             one: dict = {}
-            _check_slot(src, one, errors, prefix)
+            _check_slot(src, one, errors, prefix, gpios)
             sid = one.get("slot_id")
             if sid in seen:
                 errors.append("%s: '%sslot_id' repeats slot %s" % (CONFIG, prefix, sid))

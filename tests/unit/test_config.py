@@ -82,12 +82,9 @@ def test_secret_values_never_in_messages():
 def test_not_json_and_missing_files(tmp="/tmp/dash-unit-cfg"):
     import os
 
-    try:
-        os.mkdir(tmp)
-    except OSError:
-        pass
-    with open(tmp + "/config.json", "w") as f:
-        f.write("{not json")
+    from scratch import scratch
+
+    scratch(tmp, {"config.json": "{not json"})
     try:
         os.remove(tmp + "/secrets.json")
     except OSError:
@@ -205,3 +202,18 @@ def test_a_slot_id_of_dots_only_is_no_name():
         raw = dict(good(), slot_id=sid)
         assert any("'slot_id'" in e for e in errors_of(raw)), sid  # "/replenish/.." is ".."
     assert errors_of(dict(good(), slot_id="a.b")) == []
+
+
+def test_an_unknown_key_in_secrets_json_is_named_by_its_line_never_shown():
+    import json
+    import os
+
+    from scratch import scratch
+
+    pasted = '{"client_id": "amzn1.application-oa2-client.x",\n "hunter2-pasted": 1}\n'
+    files = {"config.json": json.dumps(good()), "secrets.json": pasted}
+    d = scratch("/tmp/dash-unit-secrets", files)
+    errors = config.load(d)[2]
+    assert errors == ["secrets.json: a key on line 2 is not a known key (not shown)"], errors
+    for name in ("config.json", "secrets.json"):
+        os.remove(d + "/" + name)
