@@ -150,3 +150,77 @@ def test_the_watchdog_is_fed_while_steps_succeed_and_starves_when_they_keep_fail
     app.feed()
     app.tick()
     assert m.feeds == 2
+
+
+class _Reset(Exception):
+    """The fake board's watchdog reset it."""
+
+
+def _run_main(step, minutes):
+    """app.main() on a fake board for `minutes` of virtual time: a clock whose sleeps pass
+    time, a WDT that resets the board when `timeout` passes without a feed. The steps are
+    `step` (the app booted). Returns the virtual ms at which the watchdog reset the board, or
+    None when it did not."""
+    from dash import app as mod
+
+    now = [0]
+    m = _machine(5)
+
+    class WDT:
+        def __init__(self, timeout):
+            self.timeout, self.fed = timeout, now[0]
+
+        def feed(self):
+            self.fed = now[0]
+
+    wdts = []
+    m.WDT = lambda timeout: wdts.append(WDT(timeout)) or wdts[-1]
+
+    class Clock:
+        def ticks_ms(self):
+            return now[0]
+
+        def ticks_diff(self, a, b):
+            return a - b
+
+        def ticks_add(self, a, b):
+            return a + b
+
+        def wall(self):
+            return 1790000000 + now[0] // 1000
+
+        def sleep_ms(self, ms):
+            for _ in range(ms // 1000):
+                now[0] += 1000
+                if now[0] - wdts[0].fed > wdts[0].timeout:
+                    raise _Reset(now[0])
+            if now[0] > minutes * 60000:
+                raise KeyboardInterrupt
+
+    def boot(self):
+        self.running = True
+        return True
+
+    saved = platform.Clock, App.boot, App.step
+    platform.Clock, App.boot, App.step = Clock, boot, step
+    try:
+        _on_board(m, mod.main)
+    except _Reset as e:
+        return e.args[0]
+    except KeyboardInterrupt:
+        return None
+    finally:
+        platform.Clock, App.boot, App.step = saved
+
+
+def test_a_fake_board_whose_steps_keep_failing_is_reset_by_its_watchdog():
+    def healthy(self):
+        return 60000
+
+    def broken(self):
+        raise ValueError("a bug that comes back at every step")
+
+    assert _run_main(healthy, 120) is None  # two hours of sampling: never reset
+    at = _run_main(broken, 120)
+    # Five failing steps a minute apart, then no feed for the watchdog's timeout.
+    assert at is not None and liveness.WDT_MS < at <= 5 * 60000 + liveness.WDT_MS + 2000, at
