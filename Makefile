@@ -10,8 +10,8 @@ MPLIB := build/mplib
 MPLIB_STAMP := $(MPLIB)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all venv certs mplib broker sim test unit lint bench faults board emulator auth-code deploy \
-	deploy-romfs provision status clean
+.PHONY: all venv certs mplib broker sim test unit lint bench mpy32 faults board emulator auth-code \
+	deploy deploy-romfs provision status clean
 
 all: test
 
@@ -62,8 +62,15 @@ lint: $(STAMP) $(STUBS)
 	$(BIN)/mypy
 
 # RAM, flash wear, handshakes, latency and code size beside a naive baseline (a few minutes).
+# With MPY_DIR set to a MicroPython source tree, the 32-bit figures too (tools/bench32.py).
 bench: certs mplib broker
 	$(BIN)/python tools/bench.py
+
+# The unix port 32-bit, plain and with dash frozen in, and mpy-cross, from the MicroPython tree
+# MPY_DIR names (a maker's clone), cached under build/mpy (tools/mpybuild.py). Needs gcc-multilib.
+mpy32: $(STAMP)
+	@test -n "$(MPY_DIR)" || { echo "set MPY_DIR to a MicroPython source tree"; exit 1; }
+	$(BIN)/python tools/mpybuild.py --mpy-dir "$(MPY_DIR)"
 
 # Power cuts at every point of an order cycle and of a token rotation, hostile servers under a
 # small heap, back-offs against the time the answer came (minutes; `make test` runs a slice).

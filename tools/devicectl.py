@@ -36,12 +36,13 @@ DEFAULT_CONFIG = {
 }
 
 
-def spawn(args, cwd, heap_kb=None, env=None):
+def spawn(args, cwd, heap_kb=None, env=None, micropython=None):
     """The real `micropython` running `args` (a heap of `heap_kb` KB, as a board's smaller one,
-    or its own default), talking in lines over pipes."""
+    or its own default), talking in lines over pipes. `micropython`: another build of it than
+    the venv's (tools/mpybuild.py's 32-bit ones)."""
     heap = ["-X", "heapsize=%dK" % heap_kb] if heap_kb else []
     return subprocess.Popen(
-        [MICROPYTHON, *heap, *args],
+        [str(micropython or MICROPYTHON), *heap, *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.PIPE,
@@ -70,6 +71,7 @@ class Device:
         env=None,
         harness=None,
         secrets=None,
+        micropython=None,
     ):
         self.heap_kb = heap_kb  # micropython -X heapsize=, as a board's smaller heap
         self.lib = lib or REPO / "lib"  # the device code: sources, or a tree of .mpy files
@@ -77,6 +79,7 @@ class Device:
         # A directory with vdevice.mpy and vbench.mpy: the harness compiled, so that compiling
         # it at start-up weighs nothing in heap measurements.
         self.harness = harness
+        self.micropython = micropython  # None: the venv's (MICROPYTHON)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.wall = wall
@@ -118,7 +121,7 @@ class Device:
             env["MICROPYPATH"] = "%s:%s:%s" % (self.harness, self.lib, MPLIB)
             # From a ROMFS image holding the device code and the harness: vrom mounts it.
             main = ["-m", "vrom" if "VDEVICE_ROMFS" in env else "vdevice"]
-        self.proc = spawn(main, self.root, self.heap_kb, env)
+        self.proc = spawn(main, self.root, self.heap_kb, env, self.micropython)
         self._q = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._q), daemon=True).start()
         boot = self._wait("@boot")
