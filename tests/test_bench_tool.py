@@ -191,3 +191,28 @@ def test_deploy_warns_of_a_firmware_with_dash_frozen_in(tmp_path, monkeypatch):
 
     said = tool.deploy(Frozen(), False)
     assert any(s.startswith("WARNING: this firmware has dash frozen in") for s in said)
+
+
+def test_three_resets_nobody_marked_mean_safe_mode_and_dashctl_restart_ends_it(
+    board, emulator, certs, tmp_path
+):
+    # The ESP32 port reports a bare machine.reset() as it reports a panic: three in a row, as
+    # a crash loop would make them, and the firmware starts in safe mode, the REPL free.
+    registered_board(board, emulator, certs, tmp_path)
+    for _ in range(3):
+        mark = board.mark()
+        subprocess.run(
+            [sys.executable, "-m", "mpremote", "connect", board.port, "reset"],
+            capture_output=True,
+            timeout=60,
+        )
+        board.wait_for(re.compile(rb"dash: (firmware|SAFE)"), 30, start=mark)
+    assert b"SAFE MODE (3 unclean restarts in a row" in board.output(mark)
+    assert "the firmware is stopped" in dashctl(board, "log", "--seconds", "2", ok=False).stdout
+    # A reset a person asks for (dashctl's) is no crash: the firmware starts again.
+    p = dashctl(board, "restart")
+    assert "the firmware started" in p.stdout and "did NOT start" not in p.stderr
+    st = json.loads(dashctl(board, "status", "--json").stdout)
+    assert st["firmware"] == "running" and st["registered"] is True, board.output().decode(
+        errors="replace"
+    )[-8000:]

@@ -216,7 +216,7 @@ def test_reset_is_a_hard_reset_and_keeps_the_port(board):
     mpr(port, "reset")
     board.wait_for("rst:0xc (SW_CPU_RESET)", start=mark)
     assert os.path.exists(port)
-    assert mpr(port, "exec", cause % "SOFT_RESET") == "True\n"
+    assert mpr(port, "exec", cause % "HARD_RESET") == "True\n"  # as the ESP32 port says
 
 
 def test_romfs_deploy_then_import_from_rom(board, flash, tmp_path):

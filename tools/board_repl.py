@@ -41,8 +41,9 @@ directory (created erased on first write), which os.listdir("/") does not show.
 
 `os` is wrapped so that os.ilistdir gives 4-tuples with sizes, as littlefs does (VfsPosix
 gives 3), which is what `mpremote fs ls` prints; `machine` gains reset(), soft_reset(),
-reset_cause() (1 after power-on, 5 after machine.reset() or a crash), unique_id(), freq() and
-a minimal RTC (datetime() is kept as an offset; it does not move time.time()).
+reset_cause() (1 after power-on, 2 after machine.reset() or a crash, as the ESP32 port says),
+unique_id(), freq() and a minimal RTC (datetime() is kept as an offset; it does not move
+time.time()).
 
 Environment (set by boardemu.py): BOARDEMU_BOOT (power, hard, crash, soft), BOARDEMU_MODE
 (friendly, raw), BOARDEMU_CAUSE (machine.reset_cause()), BOARDEMU_TTY (the terminal to take

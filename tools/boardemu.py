@@ -71,7 +71,9 @@ SHIM = HERE / "board_repl.py"
 ROM_SIZE = 256 * 1024  # the ROMFS partition, backed by DIR/.romfs
 HEAP_MARGIN = 256 * 1024  # room for the board script itself above --heap-kb
 EXIT_SOFT, EXIT_SOFT_RAW = 100, 101  # board_repl.py's exit codes for a soft reset
-PWRON_RESET, SOFT_RESET = 1, 5  # machine.reset_cause() values on an ESP32
+# machine.reset_cause() values on an ESP32. Its port reports machine.reset() (ESP_RST_SW) as
+# HARD_RESET, as it does a panic; the EN button and a brown-out as PWRON_RESET.
+PWRON_RESET, HARD_RESET, SOFT_RESET = 1, 2, 5
 STALE_S = 1.0  # output nobody reads for this long is dropped, like a UART's
 BACKLOG_MAX = 1 << 20  # bytes buffered either way before the oldest are dropped
 TRANSCRIPT_MAX = 4 << 20
@@ -378,7 +380,7 @@ class Board:
         """Restarts the board process after a reset or a crash."""
         if self._ctrl_r in readable:
             if b"H" in os.read(self._ctrl_r, 64):
-                self._reboot("hard", SOFT_RESET)  # machine.reset()
+                self._reboot("hard", HARD_RESET)  # machine.reset()
                 return
         if self._reset_request:
             boot, self._reset_request = self._reset_request, None
@@ -394,7 +396,7 @@ class Board:
         self._record(b"\r\n[boardemu: the board process ended with %d; rebooting]\r\n" % rc)
         if time.monotonic() - self._started < 1.0:
             time.sleep(0.5)  # a crash at start-up: do not spin
-        self._reboot("crash", SOFT_RESET)
+        self._reboot("crash", HARD_RESET)
 
 
 def main(argv=None) -> int:

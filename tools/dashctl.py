@@ -183,10 +183,15 @@ class Board:
         """Reset the board: boot.py and main.py run, the firmware starts. Returns once it
         has said so (or stopped at the REPL): what reaches a board while it boots is lost, and
         mpremote, its Ctrl-C gone, would wait for ever for a raw REPL."""
-        self.mpremote("reset", check=False)
-        self.restarted = True
+        self.reset()
         self.started = wait_started(self.port)
         return self.started
+
+    def reset(self):
+        """A reset the firmware knows was asked for (`liveness.reset`): the ESP32 port reports
+        machine.reset() as it reports a panic, and three of those in a row mean safe mode."""
+        self.mpremote("exec", "--no-follow", _RESET, check=False)
+        self.restarted = True
 
 
 # -- deploy ----------------------------------------------------------------------------------
@@ -461,33 +466,47 @@ def serial_path(port):
     return port
 
 
+_RESET = """try:
+    from dash import liveness
+    liveness.reset()
+except ImportError:
+    pass
+import machine
+machine.reset()
+"""
 BOOT_S = 20  # the longest a board takes from reset to the firmware's first line
 PROBE_S = 5  # then a CR: a board at the REPL answers with a prompt, running firmware not
 
 
 def wait_started(port):
     """After a reset: True once the firmware says it started, False when the board stops at
-    the REPL instead, None when it cannot be told (a network port; a line that came before
-    the port was open). Never longer than BOOT_S."""
-    try:
-        import serial  # mpremote's own dependency
+    the REPL instead (safe mode, an error), None when it cannot be told (a network port; the
+    start line came before the port was open, and the firmware is quiet). At most BOOT_S."""
+    import serial  # mpremote's own dependency
 
-        ser = serial.Serial(serial_path(port), 115200, timeout=0.2)
-    except Exception:  # noqa: BLE001 - no serial port of our own: give it the time instead
-        time.sleep(PROBE_S)
-        return None
-    buf, probed = b"", False
     start = time.monotonic()
+    ser = None
+    while ser is None:
+        try:
+            ser = serial.Serial(serial_path(port), 115200, timeout=0.2)
+        except Exception:  # noqa: BLE001 - a USB port that comes back after the reset; or none
+            if time.monotonic() - start > PROBE_S:
+                return None
+            time.sleep(0.2)
+    buf, probed = b"", 0.0
     with ser:
         while time.monotonic() - start < BOOT_S:
             buf = buf[-256:] + ser.read(256)
             if b"dash: firmware" in buf or re.search(rb"\[ *\d+\] [a-z]", buf):
                 return True  # its start line, or one of its log lines
-            if b">>>" in buf or b"dash: stopped" in buf:
+            if b">>>" in buf or b"dash: stopped" in buf or b"SAFE MODE" in buf:
                 return False
-            if not probed and time.monotonic() - start > PROBE_S:
-                ser.write(b"\r")
-                probed = True
+            now = time.monotonic()
+            if not probed and now - start > PROBE_S:
+                ser.write(b"\r")  # at the REPL: a prompt; to the running firmware: nothing
+                probed = now
+            elif probed and now - probed > 1.5:
+                return None  # no prompt: it runs, quietly
     return None
 
 
@@ -498,8 +517,7 @@ def tail(board, seconds, restart, follow=False):
 
     dev = serial_path(board.port)
     if restart:  # and read from its first line on, not wait for it as `restart` does
-        board.mpremote("reset", check=False)
-        board.restarted = True
+        board.reset()
     try:
         ser = serial.Serial(dev, 115200, timeout=0.2)
     except serial.SerialException as e:
@@ -658,8 +676,8 @@ def main(argv=None):
     finally:
         if board.restarted and board.started is False:
             print(
-                "dashctl: the board was reset and the firmware STOPPED at the REPL:"
-                " `dashctl log --restart` shows why",
+                "dashctl: the board was reset and the firmware did NOT start (it is at the"
+                " REPL, or in safe mode): `dashctl log --restart` shows why",
                 file=sys.stderr,
             )
         elif board.restarted and args.cmd != "restart":

@@ -135,6 +135,7 @@ class App:
         self.state: dict = {"slots": {}}
         self.wifi = ("", "")
         self.wdt = None  # the watchdog, when `main` armed one
+        self.console = False  # `main` on a board: Ctrl-C waits while a token refresh runs
         self.sick = 0  # steps in a row that raised: from _SICK on the watchdog goes hungry
         self.sub_at = -1  # uptime s of the last SubscriptionInfo; -1 = not this boot
         self.sub_dirty = False  # a SubscriptionChanged was relayed
@@ -524,10 +525,21 @@ class App:
             down = net_down(*self.wifi)  # (a board: joined again if need be)
             if down:  # not LwA's fault: no LwA back-off for it
                 return (result.TRANSIENT, "network: " + down, False, None)
+            # Between LwA's answer and the rotated refresh token whole on flash, a Ctrl-C
+            # (mpremote taking the board) would cost the registration: it waits till then.
+            if self.console:
+                from dash.platform import hold_interrupt
+
+                hold_interrupt()
             try:
                 self._refused = lib("lwa").refresh(self)
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault
                 self._refused = (result.TRANSIENT, describe(e), False, None)
+            finally:
+                if self.console:
+                    from dash.platform import release_interrupt
+
+                    release_interrupt()
             drop_phase("lwa")  # with what a refusal loaded (`provision`, `episode`)
             r = self._refused
             if r is None:
@@ -642,7 +654,6 @@ def main():
     global current
     from dash import platform
 
-    print("dash: firmware %s started" % VERSION)  # what `dashctl` waits for after a reset
     clock = platform.Clock()
     app = App(".", clock)
     live = lib("liveness")
@@ -651,21 +662,26 @@ def main():
     del live
     drop("liveness")
     if why:
+        # (also what `dashctl` waits for after a reset: it then says the firmware is stopped)
         print("dash: SAFE MODE (%s): the application does not run and the REPL is free;" % why)
-        print("dash: fix the cause, then reset (a power cycle clears the count)")
+        print("dash: fix the cause, then `dashctl restart` (or a power cycle)")
         return
+    print("dash: firmware %s started" % VERSION)  # what `dashctl` waits for after a reset
     current = app
     app.wdt = platform.watchdog(wdt_ms)
-    app.log("start", cause=cause, unclean=unclean)
+    app.console = True
     try:
-        _loop(app, clock, unclean, clean_s)
-    except KeyboardInterrupt:
-        # A person at the REPL: the watchdog (which cannot be stopped) waits a day.
+        app.log("start", cause=cause, unclean=unclean)
+        _loop(app, clock, unclean, clean_s * 1000)
+    except BaseException:
+        # At the REPL now (Ctrl-C, or what even the loop could not catch): the watchdog, which
+        # cannot be stopped, waits a day, for a person; not ten minutes into a reset loop.
         platform.watchdog(_REPL_WDT_MS)
         raise
 
 
-def _loop(app, clock, unclean, clean_s):
+def _loop(app, clock, unclean, clean_ms):
+    since = clock.ticks_ms()  # the clean run's start: now, and after each failed step
     while True:
         wait = _IDLE_MS
         try:
@@ -680,13 +696,16 @@ def _loop(app, clock, unclean, clean_s):
             app.sick = 0
         except Exception as e:  # noqa: BLE001 - report, wait, carry on: never a reboot loop
             app.sick += 1
+            since = clock.ticks_ms()
             try:
                 app.log("error", reason=describe(e))
             except MemoryError:
                 pass  # no room even to say why: the next step is the next try
             wait = _IDLE_MS
         app.feed()
-        if unclean and app.up_s >= clean_s:
+        # Minutes of steps that all went well (an idle device's too, by the clock: its uptime
+        # stands still): the unclean restarts before them no longer count.
+        if unclean and not app.sick and clock.ticks_diff(clock.ticks_ms(), since) >= clean_ms:
             unclean = 0
             _clean_run(app)
         link = app.link

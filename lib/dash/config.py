@@ -395,6 +395,16 @@ def validate(raw, secrets, secrets_text=None):
         cfg["slots"] = []
         seen = []
         gpios: dict = {}
+        sp = cfg.get("safe_pin")
+        if sp is not None:
+            # A button to ground, read with the pull-up at boot: a strapping pin serves (the
+            # BOOT button is GPIO 0), one without a pull-up would float into safe mode.
+            why = None if sp in _STRAPPING else _gpio(sp, "i")
+            if why is None and sp >= 34:
+                why = "has no pull-up (GPIO 34 to 39): it would float, and start safe mode"
+            if why is not None:
+                errors.append("%s: 'safe_pin' GPIO %d %s" % (CONFIG, sp, why))
+            gpios[sp] = "safe_pin"
         for i, src in enumerate(slots):
             prefix = "slots[%d]." % i if "slots" in raw else ""
             if not isinstance(src, dict):

@@ -29,14 +29,30 @@ def _safe_pin(root):
     return pin if isinstance(pin, int) and 0 <= pin < 40 else -1
 
 
+def reset(root="."):
+    """Reset the board as a person asks for it (dashctl does this): marked in RTC memory first,
+    so that the next start does not count it as a crash. The ESP32 port reports
+    `machine.reset()` as HARD_RESET, as it does a panic: only the mark tells them apart."""
+    import machine
+
+    rtc = platform.RtcMem(root + "/rtc.bin")
+    warm = unpack(rtc.read())[0] or {}
+    warm["rq"] = 1
+    rtc.write(pack(warm)[0])
+    machine.reset()
+
+
 def check(root, rtc):
     """At start: (why the board started, unclean restarts in a row, why safe mode or "").
     Counts this start in RTC memory when it was unclean, and forgets the count otherwise."""
     cause, unclean = platform.reset_cause()
     warm = unpack(rtc.read())[0] or {}
+    asked = warm.pop("rq", None) is not None
+    if asked and unclean and cause == platform.HARD:
+        cause, unclean = "reset", False  # asked for (`reset`), not a panic
     n = warm.get("cr", 0)
     n = (n if isinstance(n, int) else 0) + 1 if unclean else 0
-    if n != warm.get("cr", 0):
+    if asked or n != warm.get("cr", 0):
         if n:
             warm["cr"] = n
         else:

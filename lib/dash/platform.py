@@ -150,9 +150,13 @@ def watchdog(timeout_ms):
         return None
 
 
+HARD = "panic"
+
+
 def reset_cause():
-    """(why the board last started, as a word; True when it was not clean: a watchdog, a
-    panic or a brown-out, nobody asked for it)."""
+    """(why the board last started, as a word; True when it may not have been clean: a
+    watchdog, or a panic, which the ESP32 port reports as it reports machine.reset(). A
+    brown-out it reports as a power-on.)"""
     try:
         import machine
 
@@ -160,7 +164,7 @@ def reset_cause():
         if c == machine.WDT_RESET:
             return "watchdog", True
         if c == machine.HARD_RESET:
-            return "panic or brown-out", True
+            return HARD, True  # a panic, or machine.reset(): see `liveness.reset`
         if c == machine.PWRON_RESET:
             return "power on", False
         if c == machine.SOFT_RESET:
@@ -170,6 +174,29 @@ def reset_cause():
     except (ImportError, AttributeError):
         pass
     return "unknown", False
+
+
+def hold_interrupt():
+    """Ctrl-C from the console is a plain byte until `release_interrupt`."""
+    import micropython
+
+    micropython.kbd_intr(-1)
+
+
+def release_interrupt():
+    """Ctrl-C interrupts again; and KeyboardInterrupt now when console input came while it was
+    held: the firmware reads none of its own, so that was mpremote's (or a person's) Ctrl-C,
+    and the REPL then takes the rest of it (mpremote's request for the raw REPL)."""
+    import select
+    import sys
+
+    import micropython
+
+    micropython.kbd_intr(3)
+    p = select.poll()
+    p.register(sys.stdin, select.POLLIN)
+    if p.poll(0):
+        raise KeyboardInterrupt
 
 
 def pin_low(n):

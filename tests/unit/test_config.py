@@ -217,3 +217,16 @@ def test_an_unknown_key_in_secrets_json_is_named_by_its_line_never_shown():
     assert errors == ["secrets.json: a key on line 2 is not a known key (not shown)"], errors
     for name in ("config.json", "secrets.json"):
         os.remove(d + "/" + name)
+
+
+def test_the_safe_mode_pin_must_be_a_button_the_board_can_read():
+    assert errors_of(dict(good(), safe_pin=0)) == []  # the BOOT button
+    (e,) = errors_of(dict(good(), safe_pin=36))  # no pull-up: it would float into safe mode
+    assert "'safe_pin' GPIO 36 has no pull-up" in e, e
+    (e,) = errors_of(dict(good(), safe_pin=7))
+    assert "'safe_pin' GPIO 7 is wired to the flash chip" in e, e
+    raw = dict(good(), safe_pin=26)
+    pulse = {"kind": "pulse", "pin": 26, "raw_empty": 4500, "raw_full": 0, "capacity": 1000}
+    raw["sensor"] = pulse
+    (e,) = errors_of(raw)
+    assert "is used by 'safe_pin' already" in e, e

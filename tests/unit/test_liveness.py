@@ -156,15 +156,15 @@ class _Reset(Exception):
     """The fake board's watchdog reset it."""
 
 
-def _run_main(step, minutes):
+def _run_main(step, minutes, m=None):
     """app.main() on a fake board for `minutes` of virtual time: a clock whose sleeps pass
     time, a WDT that resets the board when `timeout` passes without a feed. The steps are
-    `step` (the app booted). Returns the virtual ms at which the watchdog reset the board, or
-    None when it did not."""
+    `step` (the app booted). Returns the virtual ms at which the watchdog reset the board;
+    None when it did not; "safe" when main() went to safe mode instead."""
     from dash import app as mod
 
     now = [0]
-    m = _machine(5)
+    m = m or _machine(5)
 
     class WDT:
         def __init__(self, timeout):
@@ -205,6 +205,7 @@ def _run_main(step, minutes):
     platform.Clock, App.boot, App.step = Clock, boot, step
     try:
         _on_board(m, mod.main)
+        return "safe"
     except _Reset as e:
         return e.args[0]
     except KeyboardInterrupt:
@@ -224,3 +225,27 @@ def test_a_fake_board_whose_steps_keep_failing_is_reset_by_its_watchdog():
     at = _run_main(broken, 120)
     # Five failing steps a minute apart, then no feed for the watchdog's timeout.
     assert at is not None and liveness.WDT_MS < at <= 5 * 60000 + liveness.WDT_MS + 2000, at
+
+
+def test_a_crash_loop_ends_in_safe_mode_though_its_failing_steps_pass_time():
+    def broken(self):
+        self.tick()  # uptime moves on, as a step's network calls move it
+        raise ValueError("a bug that comes back at every step")
+
+    m = _machine(1)  # powered on
+    ends = []
+    for _ in range(5):
+        ends.append(_run_main(broken, 120, m))
+        if ends[-1] == "safe":
+            break
+        m.cause = 3  # the watchdog reset the board
+    assert ends[-1] == "safe" and len(ends) == 4, ends  # three resets, then safe mode
+
+
+def test_a_reset_dashctl_asks_for_is_no_crash_and_a_bare_hard_reset_is_one():
+    m = _machine(2)  # HARD_RESET: a panic, or a plain machine.reset()
+    assert _boot(m)[:2] == ("panic", 1)
+    m.reset = lambda: None  # (this fake board stays up)
+    for _ in range(3):  # deploy, provision, status: each resets the board
+        _on_board(m, lambda: liveness.reset("/nonexistent"))
+        assert _boot(m) == ("reset", 0, "")
