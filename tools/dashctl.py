@@ -183,8 +183,14 @@ class Board:
         """Reset the board: boot.py and main.py run, the firmware starts. Returns once it
         has said so (or stopped at the REPL): what reaches a board while it boots is lost, and
         mpremote, its Ctrl-C gone, would wait for ever for a raw REPL."""
-        self.reset()
-        self.started = wait_started(self.port)
+        ser = _listen(self.port)  # before the reset: its first lines are not lost
+        try:
+            self.reset()
+        except BaseException:
+            if ser is not None:
+                ser.close()
+            raise
+        self.started = wait_started(self.port, ser)
         return self.started
 
     def reset(self):
@@ -478,25 +484,39 @@ BOOT_S = 20  # the longest a board takes from reset to the firmware's first line
 PROBE_S = 5  # then a CR: a board at the REPL answers with a prompt, running firmware not
 
 
-def wait_started(port):
-    """After a reset: True once the firmware says it started, False when the board stops at
-    the REPL instead (safe mode, an error), None when it cannot be told (a network port; the
-    start line came before the port was open, and the firmware is quiet). At most BOOT_S."""
-    import serial  # mpremote's own dependency
+def _listen(port):
+    """The board's serial port, open (shared, not locked), or None where it cannot be."""
+    try:
+        import serial  # mpremote's own dependency
 
+        return serial.Serial(serial_path(port), 115200, timeout=0.2)
+    except Exception:  # noqa: BLE001 - a network port, no port yet: wait_started copes
+        return None
+
+
+def wait_started(port, ser=None):
+    """After a reset: True once the firmware says it started, False when the board stops at
+    the REPL instead (safe mode, an error), None when it cannot be told (a network port; a
+    quiet firmware whose start line was missed). At most BOOT_S. `ser`: the port, opened
+    before the reset (closed here)."""
     start = time.monotonic()
-    ser = None
-    while ser is None:
-        try:
-            ser = serial.Serial(serial_path(port), 115200, timeout=0.2)
-        except Exception:  # noqa: BLE001 - a USB port that comes back after the reset; or none
-            if time.monotonic() - start > PROBE_S:
-                return None
-            time.sleep(0.2)
     buf, probed = b"", 0.0
-    with ser:
+    try:
         while time.monotonic() - start < BOOT_S:
-            buf = buf[-256:] + ser.read(256)
+            if ser is None:  # (a USB port that comes back after the reset)
+                ser = _listen(port)
+                if ser is None:
+                    if time.monotonic() - start > PROBE_S:
+                        return None
+                    time.sleep(0.2)
+                    continue
+            try:
+                got = ser.read(256)
+            except Exception:  # noqa: BLE001 - the port went with the reset: open it again
+                ser.close()
+                ser = None
+                continue
+            buf = buf[-256:] + got
             if b"dash: firmware" in buf or re.search(rb"\[ *\d+\] [a-z]", buf):
                 return True  # its start line, or one of its log lines
             if b">>>" in buf or b"dash: stopped" in buf or b"SAFE MODE" in buf:
@@ -507,7 +527,10 @@ def wait_started(port):
                 probed = now
             elif probed and now - probed > 1.5:
                 return None  # no prompt: it runs, quietly
-    return None
+        return None
+    finally:
+        if ser is not None:
+            ser.close()
 
 
 def tail(board, seconds, restart, follow=False):
@@ -516,12 +539,15 @@ def tail(board, seconds, restart, follow=False):
     import serial  # mpremote's own dependency
 
     dev = serial_path(board.port)
-    if restart:  # and read from its first line on, not wait for it as `restart` does
-        board.reset()
     try:
+        # Open before a reset: the board's first lines are not lost. (Without a lock of its
+        # own: mpremote, which locks the port, shares it meanwhile, and this reads nothing
+        # until it is done.)
         ser = serial.Serial(dev, 115200, timeout=0.2)
     except serial.SerialException as e:
         raise BoardError("cannot open %s: %s" % (dev, e)) from None
+    if restart:  # and read from its first line on, not wait for it as `restart` does
+        board.reset()
     heard = False
     with ser:
         if not restart:
