@@ -162,13 +162,12 @@ class Silent:
             c.close()
 
 
-class Trickle(Silent):
-    """In front of a real broker: what the device sends goes on at once, what the broker
-    answers comes back a byte every `interval` seconds."""
+class Proxy(Silent):
+    """In front of a real server: each connection piped both ways through
+    `_pipe(src, dst, out)`, `out` true for what the device sends. Subclasses spoil it."""
 
-    def __init__(self, upstream_port, interval=1.0):
+    def __init__(self, upstream_port):
         self.upstream = upstream_port
-        self.interval = interval
         super().__init__()
 
     def _run(self):
@@ -179,10 +178,23 @@ class Trickle(Silent):
                 return
             up = socket.create_connection(("127.0.0.1", self.upstream))
             self.conns += [c, up]
-            threading.Thread(target=self._pipe, args=(c, up, 0), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, c, self.interval), daemon=True).start()
+            self._start(c, up)
 
-    def _pipe(self, src, dst, interval):
+    def _start(self, c, up):
+        threading.Thread(target=self._pipe, args=(c, up, True), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(up, c, False), daemon=True).start()
+
+
+class Trickle(Proxy):
+    """In front of a real broker: what the device sends goes on at once, what the broker
+    answers comes back a byte every `interval` seconds."""
+
+    def __init__(self, upstream_port, interval=1.0):
+        self.interval = interval
+        super().__init__(upstream_port)
+
+    def _pipe(self, src, dst, out):
+        interval = 0 if out else self.interval
         try:
             while True:
                 data = src.recv(4096)
@@ -200,4 +212,4 @@ class Trickle(Silent):
             pass
 
 
-__all__ = ["Broker", "Cloud", "DEVICE_ID", "Silent", "Trickle", "command", "mqtt_config"]
+__all__ = ["Broker", "Cloud", "DEVICE_ID", "Proxy", "Silent", "Trickle", "command", "mqtt_config"]

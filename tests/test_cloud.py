@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from cloud import DEVICE_ID, DEVICE_PW, Cloud, Silent, Trickle, command, mqtt_config
+from cloud import DEVICE_ID, DEVICE_PW, Cloud, Proxy, Silent, Trickle, command, mqtt_config
 from conftest import CLIENT_SECRET
 
 LOW, FULL = 100, 900
@@ -511,27 +511,16 @@ def test_a_relayed_notification_without_an_id_is_refused(link_device, cloud, emu
     assert len(emulator.requests_to("/subscriptionInfo")) == n
 
 
-class LoseFirstSubscribe(Silent):
+class LoseFirstSubscribe(Proxy):
     """In front of the plain listener: on the first connection, what the device sends after
     its CONNECT is lost (the SUBSCRIBE, say, on a link that just went bad)."""
 
-    def __init__(self, upstream_port):
-        self.upstream = upstream_port
-        self.first = True
-        super().__init__()
+    first = True
 
-    def _run(self):
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            self.conns += [c, up]
-            lose = self.first
-            self.first = False
-            threading.Thread(target=self._pipe, args=(c, up, lose), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, c, False), daemon=True).start()
+    def _start(self, c, up):
+        lose, self.first = self.first, False
+        threading.Thread(target=self._pipe, args=(c, up, lose), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(up, c, False), daemon=True).start()
 
     @staticmethod
     def _pipe(src, dst, lose):
@@ -697,27 +686,14 @@ def test_a_big_message_that_waited_on_the_broker_does_not_stop_the_link(
         proxy.close()
 
 
-class CutMidCommand(Silent):
+class CutMidCommand(Proxy):
     """In front of the plain listener: the first command's PUBLISH is cut 6 bytes in and the
     connection closed (Wi-Fi lost in the middle of a message); later ones pass."""
 
-    def __init__(self, upstream_port):
-        self.upstream = upstream_port
-        self.first = True
-        super().__init__()
+    first = True
 
-    def _run(self):
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            self.conns += [c, up]
-            threading.Thread(target=self._pipe, args=(c, up, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, c, True), daemon=True).start()
-
-    def _pipe(self, src, dst, cut):
+    def _pipe(self, src, dst, out):
+        cut = not out  # the broker's side
         try:
             while True:
                 data = src.recv(4096)
