@@ -11,6 +11,16 @@ from conftest import REPO
 from drs_emulator import Emulator
 
 
+def _emulator():
+    """The emulator every test here runs against: the bench's slot and client."""
+    return Emulator(
+        str(REPO / "build" / "certs"),
+        slots=(bench.SLOT,),
+        client_id=bench.CLIENT_ID,
+        client_secret=bench.CLIENT_SECRET,
+    )
+
+
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     return bench.build(tmp_path_factory.mktemp("lowmem"))
@@ -21,12 +31,7 @@ def test_running_out_of_heap_never_costs_the_registration_or_a_duplicate_order(
     art, certs, tmp_path, framing
 ):
     heap = 112
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=(bench.SLOT,),
-        client_id=bench.CLIENT_ID,
-        client_secret=bench.CLIENT_SECRET,
-    ) as emu:
+    with _emulator() as emu:
         emu.access_token_chars = emu.refresh_token_chars = 2043  # 2048 bytes with the prefix
         b = bench.Bench(emu, certs, art, tmp_path)
         outcomes = set()
@@ -70,12 +75,7 @@ def test_tokens_that_grow_at_a_refresh_never_cost_the_registration(art, certs, t
     # The device holds short tokens; LwA's next answer carries ones of the largest documented
     # size. Whatever room is left, the refresh has room for that answer before it is sent,
     # or it is not sent: never a rotated refresh token lost to a MemoryError.
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=(bench.SLOT,),
-        client_id=bench.CLIENT_ID,
-        client_secret=bench.CLIENT_SECRET,
-    ) as emu:
+    with _emulator() as emu:
         b = bench.Bench(emu, certs, art, tmp_path)
         outcomes = set()
         for hog in range(0, 48, 6):
@@ -104,12 +104,7 @@ def test_tokens_that_grow_at_a_refresh_never_cost_the_registration(art, certs, t
 def test_a_boot_without_room_says_so_and_never_ends_the_firmware(art, certs, tmp_path):
     # A 2 KB refresh token in secrets.json, less and less heap: the boot fails for want of
     # memory, says so and tries again; the firmware never stops (it did: main.py ended).
-    with Emulator(
-        str(REPO / "build" / "certs"),
-        slots=(bench.SLOT,),
-        client_id=bench.CLIENT_ID,
-        client_secret=bench.CLIENT_SECRET,
-    ) as emu:
+    with _emulator() as emu:
         emu.access_token_chars = emu.refresh_token_chars = 2043
         b = bench.Bench(emu, certs, art, tmp_path)
         said = set()

@@ -135,15 +135,20 @@ class Device:
             q.put(line.rstrip("\n"))
         q.put(None)
 
+    def _next_line(self, timeout):
+        """The device's next line of output, kept in `output`."""
+        try:
+            line = self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("device said nothing for %ds" % timeout) from None
+        if line is None:
+            raise RuntimeError("device exited:\n" + "\n".join(self.output[-30:]))
+        self.output.append(line)
+        return line
+
     def _wait(self, marker, timeout=120):
         while True:
-            try:
-                line = self._q.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError("device said nothing for %ds" % timeout) from None
-            if line is None:
-                raise RuntimeError("device exited:\n" + "\n".join(self.output[-30:]))
-            self.output.append(line)
+            line = self._next_line(timeout)
             if line.startswith(marker + " "):
                 return json.loads(line[len(marker) + 1 :])
             m = LOG_LINE.match(line)

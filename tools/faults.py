@@ -57,7 +57,6 @@ Usage: python3 tools/faults.py [--quick] [--scenario NAME ...] [--point N] [--va
 import argparse
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -206,13 +205,7 @@ class FaultDevice(Device):
 
     def _wait(self, marker, timeout=120):
         while True:
-            try:
-                line = self._q.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError("device said nothing for %ds" % timeout) from None
-            if line is None:
-                raise RuntimeError("device exited:\n" + "\n".join(self.output[-30:]))
-            self.output.append(line)
+            line = self._next_line(timeout)
             if line.startswith("@point "):
                 _, n, ms, name = line.split(" ", 3)
                 self.points.append((int(n), int(ms), name))
@@ -680,11 +673,17 @@ def run_kill_case(spec):
     except (RuntimeError, TimeoutError) as e:
         case.bad("crashes", "before the kill: %s" % str(e).splitlines()[0][:200])
     finally:
-        dev.close()
-        case.keep_output(spec, dev)
-        emu.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        _clean_up(case, spec, dev, emu, root)
     return _done(case, t0)
+
+
+def _clean_up(case, spec, dev, emu, root):
+    """A case's end, whatever happened: the device and server stopped, the output kept and
+    the case's folder gone."""
+    dev.close()
+    case.keep_output(spec, dev)
+    emu.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _done(case, t0):
@@ -745,10 +744,7 @@ def run_hostile_case(spec):
         check_registration(case, dev, ledger)
         check_secrets(case, dev, ledger)
     finally:
-        dev.close()
-        case.keep_output(spec, dev)
-        emu.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        _clean_up(case, spec, dev, emu, root)
     return _done(case, t0)
 
 
@@ -887,10 +883,7 @@ def run_backoff_case(spec):
         check_registration(case, dev, ledger)
         check_secrets(case, dev, ledger, (MQTT_PASSWORD, WIFI_PASSWORD))
     finally:
-        dev.close()
-        case.keep_output(spec, dev)
-        emu.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        _clean_up(case, spec, dev, emu, root)
     return _done(case, t0)
 
 
