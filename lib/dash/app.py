@@ -724,9 +724,5 @@ def _loop(app, clock, unclean, clean_ms):
 
 def _clean_run(app):
     """Minutes without a crash: the unclean restarts before them no longer count."""
-    from dash.store import pack, unpack
-
-    app.warm.pop("cr", None)
-    warm = unpack(app.rtc.read())[0] or {}
-    if warm.pop("cr", None) is not None:
-        app.rtc.write(pack(warm)[0])
+    if app.warm.pop("cr", None) is not None:
+        app.keep()

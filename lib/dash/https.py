@@ -35,6 +35,8 @@ E_RESET = const(5)  # connection closed or reset before a whole answer arrived
 E_PROTO = const(6)  # malformed answer
 E_TOOBIG = const(7)  # answer larger than allowed
 E_CA = const(8)  # trust store missing or unreadable
+# A blocking connect out of time says ETIMEDOUT, or EAGAIN, by port.
+TIMEDOUT = (errno.ETIMEDOUT, errno.EAGAIN)
 # Their names, from E_DNS on: one string, not a tuple of them (each a heap object).
 _ERRORS = "dns connect tls timeout reset protocol too_big ca_file"
 
@@ -66,6 +68,7 @@ class Https:
     # Called before each request opens its TLS session: the cloud link closes its own, so that
     # there is one TLS session at a time (each costs ~20 KB of the ESP32's IDF heap).
     pause = None
+    done = None  # called when each request ends, answered or not (the app's clock catches up)
 
     def __init__(self, ca_path, timeout_s):
         self.ca_path = ca_path
@@ -119,8 +122,7 @@ class Https:
             try:
                 raw.connect(addr)
             except OSError as e:
-                # Out of time, a blocking connect says ETIMEDOUT (EAGAIN on some ports).
-                timeout = e.errno in (errno.ETIMEDOUT, errno.EAGAIN)  # by port, either
+                timeout = e.errno in TIMEDOUT
                 raise HttpError(E_TIMEOUT if timeout else E_CONNECT, host)
             # From here on the socket is non-blocking and each step waits in `poll` against a
             # deadline: the handshake and the request within three socket timeouts, then the
@@ -169,6 +171,8 @@ class Https:
                 except OSError:
                     pass
             raw.close()
+            if self.done is not None:
+                self.done()
 
     def _response(self, s, max_body, spill=None):
         buf = self.buf

@@ -27,8 +27,6 @@ def call(app, kind, path, body=b"", max_body=1024, rec=None):
         except HttpError as e:
             reason = "network: " + error_name(e.args[0])
             return None, (result.TRANSIENT, reason, app.https.sent, None)
-        finally:
-            app.tick()
         if ans[0] in (400, 401, 403) and not again:
             if rec is not None:
                 rec["unc"] = 1

@@ -202,8 +202,6 @@ def refresh(app):
         outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
     except HttpError as e:
         return result.TRANSIENT, "network: " + error_name(e.args[0]), False, None
-    finally:
-        app.tick()  # LwA's Retry-After counts from its answer
     app.log("token-refresh", ok=outcome == result.OK, reason=reason)
     if outcome == result.OK:
         return None

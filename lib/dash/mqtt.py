@@ -13,7 +13,6 @@ dropped, never allocated. Looking for a packet when none has come allocates noth
 neither does a keep-alive.
 """
 
-import errno
 import time
 
 from micropython import const
@@ -26,6 +25,7 @@ from dash.https import (
     E_RESET,
     E_TIMEOUT,
     E_TLS,
+    TIMEDOUT,
     HttpError,
     limits,
     recv,
@@ -36,7 +36,6 @@ TYPE_CHECKING = False  # the type checker reads it as True: names for annotation
 if TYPE_CHECKING:
     from typing import Any
 
-_TIMEDOUT = (errno.ETIMEDOUT, errno.EAGAIN)  # a blocking connect out of time, by port
 _PINGRESP = const(0xD0)
 _PUBLISH = const(0x30)
 _DISCONNECT = b"\xe0\x00"
@@ -139,7 +138,7 @@ class Client(MQTTClient):
                 # negative on an ESP32) or the TCP connect (out of time: ETIMEDOUT or EAGAIN).
                 if not isinstance(code, int) or code < 0:
                     raise HttpError(E_DNS, self.server)
-                raise HttpError(E_TIMEOUT if code in _TIMEDOUT else E_CONNECT, self.server)
+                raise HttpError(E_TIMEOUT if code in TIMEDOUT else E_CONNECT, self.server)
             if isinstance(code, int) and code < 0:  # mbedTLS's errors: the handshake failed
                 raise HttpError(E_TLS, "handshake %d" % code)
             raise HttpError(E_RESET, self.server)

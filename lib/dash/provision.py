@@ -110,8 +110,6 @@ def register(app, code):
         outcome, reason = exchange(tokens, app.https, app.lwa_url, code, redirect, v)
     except HttpError as e:
         return refuse("network: " + error_name(e.args[0]))
-    finally:
-        app.tick()
     if outcome != result.OK:
         return refuse(reason)
     app.store.remove(PKCE)  # a verifier is good for one exchange

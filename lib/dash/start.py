@@ -28,6 +28,9 @@ def boot(app, cfg, sec, errors, urls, off=()):
         _off(app, off)
     # (secrets.json may be what is wrong: then there is no Wi-Fi to join)
     app.wifi = (sec.get("wifi_ssid", ""), sec.get("wifi_password", ""))
+    from dash.store import unpack
+
+    app.warm = unpack(app.rtc.read())[0] or {}  # (an idle device's too: `main` keeps it)
     if errors:
         for e in errors:
             app.log("config-error", message=e)
@@ -40,7 +43,7 @@ def boot(app, cfg, sec, errors, urls, off=()):
     app.reason = ""
     from dash.https import HttpError, Https
     from dash.signal import Signal
-    from dash.store import Store, unpack
+    from dash.store import Store
     from dash.tokens import TOKENS, Tokens
 
     # Kept: what runs after boot reads. The URLs (parsed already), the trust store's file, the
@@ -55,6 +58,8 @@ def boot(app, cfg, sec, errors, urls, off=()):
     app.https = Https(app._path(cfg["ca_file"]), cfg["http_timeout_s"])
     if app.link is not None:
         app.https.pause = app.link.pause  # one TLS session at a time
+    # Back-offs and log stamps count from when an answer came, not from when the step began.
+    app.https.done = app.tick
     try:
         app.https.context()
     except HttpError:  # nothing could ever be verified: a config error like any other
@@ -62,12 +67,11 @@ def boot(app, cfg, sec, errors, urls, off=()):
         return boot(app, cfg, sec, [why % cfg["ca_file"]], urls)
     except MemoryError:
         pass  # the first request tries again
-    app.warm = unpack(app.rtc.read())[0] or {}
-    if app.store.exists(TOKENS) and app.store.load(TOKENS) is None:
+    app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
+    if app.tokens.lost:
         # Said, or a maker cannot tell why LwA later refuses the registration.
         why = "damaged: the refresh token LwA rotated last is lost; the one of secrets.json"
         app.log("state-reset", file=TOKENS, reason=why + " is used (LwA may refuse it)")
-    app.tokens = Tokens(app.store, sec, app.clock, cfg["token_margin_s"], app.warm, app.keep)
     slots = []  # the app's only once all of them could be made
     for sc in cfg["slots"]:  # each Slot keeps what it needs of its part
         s = sc["sensor"]

@@ -44,6 +44,7 @@ class Tokens:
         self.life_s = 0  # the access token's lifetime as LwA gave it; 0 = not known
         self.seed = mark(secrets["refresh_token"])
         rec = store.load(TOKENS)
+        self.lost = rec is None and store.exists(TOKENS)  # there, but damaged
         self.refresh = secrets["refresh_token"]
         if rec and rec.get("seed") == self.seed and isinstance(rec.get("rt"), str):
             # A rotated token descends from the provisioned one; a new provisioning wins.

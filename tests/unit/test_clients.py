@@ -265,6 +265,9 @@ def test_code_exchange_bodies():
         def load(self, name):
             return None
 
+        def exists(self, name):
+            return False
+
     tok = tokens.Tokens(NoStore(), {"client_id": "cid", "refresh_token": ""}, None, 60, {}, None)
     assert not tok.registered
     t = T()
