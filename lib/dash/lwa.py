@@ -8,6 +8,7 @@ retired. A refresh that does not rotate it writes nothing to flash. The answer i
 few members without building the rest (`members`), and each token is made once at its size.
 """
 
+import gc
 import json
 
 from micropython import const
@@ -18,9 +19,10 @@ from dash.https import HttpError, error_name
 from dash.tokens import mark
 
 _TOKEN_MAX = const(2048)  # LwA's access and refresh tokens are at most 2 KB each
-_PIECE = const(_TOKEN_MAX + 64)  # room for one token made at its size
+_PIECE = const(_TOKEN_MAX + 256)  # room for one token made at its size, and a few small objects
 _FRAME = const(256)  # the JSON around an answer's tokens, and its chunk framing
-_ANSWER = const(2 * _PIECE + _FRAME)  # the largest answer taken
+_ANSWER = const(2 * _TOKEN_MAX + _FRAME)  # the largest answer taken
+_NO_ROOM = "low memory: no room for the access token"
 
 
 def quote(s):
@@ -95,9 +97,11 @@ def _value_end(b, i):
     return i
 
 
-def _value(b, i, j):
-    """The value in b[i:j]. A string without escapes (every token) is made once, at its own
-    size; json.loads would grow it while reading it, to twice that."""
+def value(b, span):
+    """The JSON value at `span` of `b` (as `members` found it). A string without escapes (every
+    token) is made once, at its own size; json.loads would grow it while reading it, to twice
+    that. MemoryError when there is no room for it."""
+    i, j = span
     if b[i] == 34:
         k = i + 1
         while k < j - 1 and b[k] != 92:
@@ -108,9 +112,9 @@ def _value(b, i, j):
 
 
 def members(body):
-    """{name: value} of the top-level members of the JSON object `body` that a token answer
-    is read for (`_NAMES`); the others are skipped, never built. None when the body is not
-    one JSON object."""
+    """{name: (start, end)} of the top-level members of the JSON object `body` that a token
+    answer is read for (`_NAMES`): where each value is, none of them made (`value` makes one).
+    None when the body is not one JSON object."""
     b = octets(body)
     n = len(b)
     out: dict = {}
@@ -120,55 +124,76 @@ def members(body):
     i = _skip(b, i + 1)
     if i < n and b[i] == 125:
         return out if _skip(b, i + 1) == n else None
-    try:
-        while True:
-            if i >= n or b[i] != 34:
-                return None
-            j = _string_end(b, i)
-            if j < 0:
-                return None
-            # A name longer than any in _NAMES is not made at all.
-            name = str(b[i + 1 : j - 1], "utf-8") if j - i < 20 else ""
-            i = _skip(b, j)
-            if i >= n or b[i] != 58:  # :
-                return None
+    while True:
+        if i >= n or b[i] != 34:
+            return None
+        j = _string_end(b, i)
+        if j < 0:
+            return None
+        # A name longer than any in _NAMES is not made at all.
+        name = str(b[i + 1 : j - 1], "utf-8") if j - i < 20 else ""
+        i = _skip(b, j)
+        if i >= n or b[i] != 58:  # :
+            return None
+        i = _skip(b, i + 1)
+        j = _value_end(b, i)
+        if j <= i:
+            return None
+        if name in _NAMES:
+            out[name] = (i, j)
+        i = _skip(b, j)
+        if i < n and b[i] == 44:  # ,
             i = _skip(b, i + 1)
-            j = _value_end(b, i)
-            if j <= i:
-                return None
-            if name in _NAMES:
-                out[name] = _value(b, i, j)
-            i = _skip(b, j)
-            if i < n and b[i] == 44:  # ,
-                i = _skip(b, i + 1)
-            elif i < n and b[i] == 125:  # }
-                return out if _skip(b, i + 1) == n else None
-            else:
-                return None
-    except ValueError:  # a value we read is not JSON (or not UTF-8)
-        return None
+        elif i < n and b[i] == 125:  # }
+            return out if _skip(b, i + 1) == n else None
+        else:
+            return None
 
 
-def parse_answer(status, body):
-    """(outcome, access_token, refresh_token or None, expires_in_s, reason)."""
-    obj = members(body) if body else {}
+def parse_answer(status, body, room=None):
+    """(outcome, access_token, refresh_token or None, expires_in_s, reason). `room`: a list
+    holding what `grant` set aside for the refresh token; it is emptied, and the heap collected,
+    just before that token is made, so that nothing smaller takes the room first. The access
+    token is made last: when there is no room left for it, the answer is OK without one (None)
+    and its refresh token is kept."""
+    b = octets(body) if body else b""
+    try:
+        spans = members(b) if b else {}
+        got = {}
+        for k in _NAMES[2:]:  # the small members first
+            if spans and k in spans:
+                got[k] = value(b, spans[k])
+        if room:
+            room.clear()
+            gc.collect()
+        rt = value(b, spans["refresh_token"]) if spans and "refresh_token" in spans else None
+    except (ValueError, UnicodeError):  # a value we read is not JSON (or not UTF-8)
+        spans = got = rt = None
     if status == 200:
-        if obj is None:
+        if spans is None:
             return result.TRANSIENT, None, None, 0, "token answer is not JSON"
-        at = obj.get("access_token")
-        rt = obj.get("refresh_token")
-        exp = obj.get("expires_in", 3600)
-        tt = obj.get("token_type", "bearer")
-        if not isinstance(at, str) or not 0 < len(at) <= _TOKEN_MAX or not printable(at):
-            return result.TRANSIENT, None, None, 0, "token answer has no usable access_token"
+        exp = got.get("expires_in", 3600)
+        tt = got.get("token_type", "bearer")
         if rt is not None and (not isinstance(rt, str) or not 0 < len(rt) <= _TOKEN_MAX):
             return result.TRANSIENT, None, None, 0, "token answer has a bad refresh_token"
         if not isinstance(tt, str) or tt.lower() != "bearer":
             return result.TRANSIENT, None, None, 0, "token answer is not a bearer token"
         if not isinstance(exp, int) or isinstance(exp, bool) or exp < 1:
             exp = 3600
+        at, why = None, "token answer has no usable access_token"
+        if "access_token" in spans:
+            try:
+                at = value(b, spans["access_token"])
+            except MemoryError:
+                at, why = None, _NO_ROOM
+            except (ValueError, UnicodeError):
+                at = None
+        if not isinstance(at, str) or not 0 < len(at) <= _TOKEN_MAX or not printable(at):
+            if why is _NO_ROOM and rt:
+                return result.OK, None, rt, 0, why
+            return result.TRANSIENT, None, None, 0, why
         return result.OK, at, rt, min(exp, 86400), ""
-    err = obj.get("error") if obj else None
+    err = got.get("error") if got else None
     if err == "invalid_grant":
         return result.REVOKED, None, None, 0, "registration revoked (invalid_grant)"
     if err in ("invalid_client", "unauthorized_client"):
@@ -202,9 +227,12 @@ def refresh(app):
         outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
     except HttpError as e:
         return result.TRANSIENT, "network: " + error_name(e.args[0]), False, None
-    app.log("token-refresh", ok=outcome == result.OK, reason=reason)
-    if outcome == result.OK:
+    ok = outcome == result.OK and tokens.access is not None
+    app.log("token-refresh", ok=ok, reason=reason)
+    if ok:
         return None
+    if outcome == result.OK:  # the refresh token taken, no room for the access token
+        return result.TRANSIENT, reason, False, None
     if outcome == result.REVOKED:
         from dash.provision import unregister
 
@@ -221,16 +249,18 @@ def refresh(app):
 
 def grant(tokens, https, url, form, need_refresh):
     """One token request (a refresh, or a code exchange): (outcome, reason). On success the
-    tokens are taken, a rotated refresh token persisted before anything uses it."""
+    tokens are taken, a rotated refresh token persisted before anything uses it; without room
+    for the access token (the reason says so), `tokens.access` is None."""
     host, port, path = url
-    # Room for the largest answer taken, and for its tokens (two token-sized pieces: `members`
-    # makes each once at its size, and saving the refresh token takes no copy of it), set
-    # aside before the request leaves and given back once the answer is in: after LwA has
-    # answered, a rotated refresh token must not be lost for want of memory, and LwA may
-    # answer with tokens longer than the ones it replaces. Without that room, nothing is sent;
-    # an answer bigger than it is refused, not read into memory found on the way.
+    # Room for the largest answer taken, and for one token made at its size, set aside before
+    # the request leaves: after LwA has answered, a rotated refresh token must not be lost for
+    # want of memory, and LwA may answer with tokens longer than the ones it replaces. Without
+    # that room, nothing is sent; an answer bigger than it is refused, not read into memory
+    # found on the way. The refresh token is made first, in the room given back; the access
+    # token after it, as room allows (`parse_answer`): without it, the refresh token is kept
+    # and the next refresh gets another.
     try:
-        spare = [bytearray(_PIECE), bytearray(_PIECE)]
+        room = [bytearray(_PIECE)]
         spill = bytearray(_ANSWER)
     except MemoryError:
         tokens.retry_after = None
@@ -245,8 +275,8 @@ def grant(tokens, https, url, form, need_refresh):
         _ANSWER,
         spill,
     )
-    del spare, spill  # free for the parse below (the GC collects when it runs short)
-    outcome, at, rt, exp, reason = parse_answer(status, body)
+    del spill  # the answer holds what it needs of it
+    outcome, at, rt, exp, reason = parse_answer(status, body, room)
     del body
     tokens.retry_after = hdrs.get("retry-after")
     if outcome != result.OK:
@@ -268,7 +298,9 @@ def grant(tokens, https, url, form, need_refresh):
     saved = tokens.save()
     tokens.access = at
     keep_access(tokens, at if now else None)
-    return result.OK, "" if saved else "the new refresh token is not on flash yet"
+    if saved:
+        return result.OK, reason  # "" or, with no access token, why not
+    return result.OK, "the new refresh token is not on flash yet"
 
 
 def keep_access(tokens, at):

@@ -94,19 +94,59 @@ def test_a_token_answer_is_read_for_its_members_alone_and_strictly():
         b' "refresh_token": "Atzr|' + b"r" * 2000 + b'", "expires_in": 12 } '
     )
     got = lwa.members(body)
-    assert got == {
+    assert sorted(got) == ["access_token", "expires_in", "refresh_token"]
+    assert {k: lwa.value(body, span) for k, span in got.items()} == {
         "access_token": "Atza|a/b",
         "refresh_token": "Atzr|" + "r" * 2000,
         "expires_in": 12,
     }
-    assert lwa.members(b'{"error": "invalid_grant", "error_description": "a \\" }"}') == {
-        "error": "invalid_grant"
-    }
+    err = b'{"error": "invalid_grant", "error_description": "a \\" }"}'
+    assert {k: lwa.value(err, s) for k, s in lwa.members(err).items()} == {"error": "invalid_grant"}
     assert lwa.members(b"{}") == {}
     for bad in (b"", b"[1]", b"{", b'{"a":}', b'{"a" 1}', b'{"a":1,}', b'{"a":1} x', b'{"a":[1}'):
         assert lwa.members(bad) is None, bad
     assert lwa.members(b'{"access_token": "open}') is None
-    assert lwa.members(b'{"expires_in": 1e}') is None  # a member it reads must be JSON
+    # A member it reads must be JSON.
+    assert lwa.parse_answer(200, b'{"access_token": "a", "expires_in": 1e}')[0] == result.TRANSIENT
+
+
+def _fill_heap():
+    """The heap filled with small blocks, then every other one given back: room for many small
+    objects, none of 1 KB. Returns what holds the rest (drop it to give the heap back)."""
+    import gc
+
+    gc.collect()
+    node = None
+    try:
+        while True:
+            node = [bytearray(64), node]
+    except MemoryError:
+        pass
+    n, odd = node, False
+    while n is not None:
+        if odd:
+            n[0] = None
+        odd = not odd
+        n = n[1]
+    gc.collect()
+    return node
+
+
+def test_without_room_for_the_access_token_the_refresh_token_is_kept():
+    # The refresh token is made first, in the room the refresh set aside for it; the access
+    # token last, as room allows. Out of memory there, the answer still gives up the rotated
+    # refresh token (the next refresh gets an access token), where a MemoryError would lose it.
+    body = json.dumps({"access_token": "Atza|" + "a" * 1500, "refresh_token": "Atzr|b"})
+    b = bytes(body, "utf-8")
+    hog = _fill_heap()
+    try:
+        got = lwa.parse_answer(200, b)
+    finally:
+        hog = None  # noqa: F841 - the heap back
+    assert got[:3] == (result.OK, None, "Atzr|b"), got[:3]
+    assert got[4].startswith("low memory"), got[4]
+    # With room, the same answer gives both.
+    assert lwa.parse_answer(200, b)[:3] == (result.OK, "Atza|" + "a" * 1500, "Atzr|b")
 
 
 def test_expiry_margin():
