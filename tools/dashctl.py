@@ -219,13 +219,16 @@ def compile_lib(work, mpy_cross=None):
     """lib/dash as the .mpy files `deploy` puts on a board, under work/lib/dash: {board path:
     local file}. `make bench` measures exactly these. Compiled with -O3: no line-number tables
     (about 2 KB less heap; the firmware logs an internal error by type and message, never by
-    line), and no asserts (it has none)."""
+    line), and no asserts (it has none). Each file's source name is its module's own name
+    (`-s app`): a traceback still says `File "app"`, and the name costs no interned string
+    beyond the one importing the module makes anyway (with "dash/app.py", some 30 more over
+    the device's life, and the qstr pools grow by doubling)."""
     out = {}
     (work / "lib" / "dash").mkdir(parents=True, exist_ok=True)
     for src in sorted((LIB / "dash").glob("*.py")):
         dst = work / "lib" / "dash" / (src.stem + ".mpy")
         subprocess.run(
-            [str(mpy_cross or BIN / "mpy-cross"), "-O3", "-s", "dash/" + src.name]
+            [str(mpy_cross or BIN / "mpy-cross"), "-O3", "-s", src.stem]
             + ["-o", str(dst), str(src)],
             check=True,
         )

@@ -45,7 +45,7 @@ def parse_retry_after(value, now=0):
     return n
 
 
-_MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+_MONTHS = const(b"JanFebMarAprMayJunJulAugSepOctNovDec")
 
 
 def _date(value, now):

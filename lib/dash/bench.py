@@ -19,6 +19,8 @@ starts again from flash, as after any reset.
 
 import json
 
+from micropython import const
+
 
 def _app():
     from dash import app as mod
@@ -106,7 +108,7 @@ def test_order(slot_id=None):
 
 # What a factory reset forgets: every secret and everything learned; not the code, the
 # maker's config.json or the trust store.
-_WIPE = ("state.json", "tokens.json", "pkce.json", "secrets.json")
+_WIPE = const(("state.json", "tokens.json", "pkce.json", "secrets.json"))
 
 
 def factory_reset():

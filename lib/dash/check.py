@@ -6,7 +6,9 @@ They look at a string byte by byte through a memoryview: iterating the str itsel
 string of every character, and intern it for good (a qstr per distinct character, allocated
 while an answer is being checked)."""
 
-_UNRESERVED = b"-._~"
+from micropython import const
+
+_UNRESERVED = const(b"-._~")
 
 
 def octets(s):

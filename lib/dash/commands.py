@@ -15,25 +15,29 @@ LwA (register, deregister, test-order) run in the next step, as every network ca
 
 import json
 
+from micropython import const
+
 from dash import fsm
 from dash.app import OPEN, describe
 from dash.check import printable
 
 # Settings a command may change (the rest need a person at the device: a config push).
-_TIMING = (
-    "sample_s",
-    "inprogress_backoff_s",
-    "retry_base_s",
-    "retry_cap_s",
-    "subscription_check_s",
-    "order_check_s",
-    "order_checks_max",
-    "slot_status_min_s",
-    "http_timeout_s",
-    "token_margin_s",
+_TIMING = const(
+    (
+        "sample_s",
+        "inprogress_backoff_s",
+        "retry_base_s",
+        "retry_cap_s",
+        "subscription_check_s",
+        "order_check_s",
+        "order_checks_max",
+        "slot_status_min_s",
+        "http_timeout_s",
+        "token_margin_s",
+    )
 )
-_THRESHOLDS = ("low", "high", "confirm_samples", "warmup_samples", "report_delta")
-_DEFERRED = ("register", "deregister", "test-order")
+_THRESHOLDS = const(("low", "high", "confirm_samples", "warmup_samples", "report_delta"))
+_DEFERRED = const(("register", "deregister", "test-order"))
 
 
 def take(app, link, topic, payload, retained, size):

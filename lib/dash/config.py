@@ -11,7 +11,7 @@ from micropython import const
 from dash.check import octets, printable, valid_slot
 
 CONFIG = "config.json"
-SECRETS = "secrets.json"
+_SECRETS = const("secrets.json")
 MAX_FILE = const(6144)
 _REQ = const(-1)  # marks a required key in the schema
 _BIG = const(0x3FFFFFFF)
@@ -23,7 +23,7 @@ _BIG = const(0x3FFFFFFF)
 # "g" ADC attenuation in dB, "l" pull resistor.
 # For strings min/max bound the length. Default None: derived after the check.
 # fmt: off
-_SCHEMA = (
+_SCHEMA = const((
     "region", "r", 1, 8, "na",
     "drs_url", "u", 9, 200, None,
     "lwa_url", "u", 9, 200, None,
@@ -41,19 +41,19 @@ _SCHEMA = (
     "slot_status_min_s", "i", 60, 7 * 86400, 3600,
     "test_device", "b", 0, 1, False,
     "safe_pin", "i", 0, 39, None,  # read by `liveness` itself
-)
+))
 # Per slot: in a "slots" list, or at the top level for a device with one slot.
-_SLOT = (
+_SLOT = const((
     "slot_id", "s", 1, 128, _REQ,
     "low", "i", 0, _BIG, _REQ,
     "high", "i", 0, _BIG, _REQ,
     "confirm_samples", "i", 1, 1000, 3,
     "warmup_samples", "i", 1, 1000, 5,
     "report_delta", "i", 0, _BIG, 0,
-)
+))
 # The hardware keys (pin to pull) belong to some kinds only (`_ONLY`); their defaults, and
 # which are required, depend on the kind: see `_check_sensor`.
-_SENSOR = (
+_SENSOR = const((
     "kind", "k", 1, 8, _REQ,
     "path", "f", 1, 64, "level.txt",
     "pin", "i", 0, 39, None,
@@ -72,9 +72,9 @@ _SENSOR = (
     "max_drop", "i", 0, _BIG, 0,
     "median", "i", 1, 15, 5,
     "ema_shift", "i", 0, 8, 0,
-)
+))
 # The cloud link (`cloud`): present only when config.json has an "mqtt" object.
-_MQTT = (
+_MQTT = const((
     "host", "h", 1, 128, _REQ,
     "port", "i", 1, 65535, None,
     "transport", "m", 1, 8, "tls",
@@ -92,28 +92,28 @@ _MQTT = (
     "state_s", "i", 60, 86400, 3600,
     "retry_base_s", "i", 1, 3600, 5,
     "retry_cap_s", "i", 1, 86400, 600,
-)
-_SECRET = (
+))
+_SECRET = const((
     "client_id", "t", 1, 100, _REQ,
     "client_secret", "t", 0, 200, "",
     "refresh_token", "t", 0, 2048, "",
     "wifi_ssid", "w", 0, 32, "",
     "wifi_password", "w", 0, 64, "",
     "mqtt_password", "t", 0, 256, "",
-)
+))
 # fmt: on
-MAX_SLOTS = const(8)
+_MAX_SLOTS = const(8)
 # LwA token hosts by region; DRS documents only its NA host, so elsewhere drs_url is required.
 _LWA = {
     "na": "https://api.amazon.com/auth/o2/token",
     "eu": "https://api.amazon.co.uk/auth/o2/token",
     "fe": "https://api.amazon.co.jp/auth/o2/token",
 }
-DRS_NA = "https://dash-replenishment-service-na.amazon.com"
-SENSOR_KINDS = ("file", "adc", "hx711", "pulse")
+_DRS_NA = const("https://dash-replenishment-service-na.amazon.com")
+_SENSOR_KINDS = const(("file", "adc", "hx711", "pulse"))
 # The kinds each kind-specific sensor key belongs to (any other kind: an error, as a typo is).
 # fmt: off
-_ONLY = (
+_ONLY = const((
     "path", "file",
     "pin", "adc pulse",
     "dout", "hx711",
@@ -122,12 +122,12 @@ _ONLY = (
     "attenuation", "adc",
     "samples", "adc hx711",
     "pull", "pulse",
-)
+))
 # fmt: on
-_ATTEN = (0, 2.5, 6, 11)  # dB: the ESP32 ADC's four input ranges
+_ATTEN = const((0, 2.5, 6, 11))  # dB: the ESP32 ADC's four input ranges
 # ESP32 GPIOs (the config is for the appliance's board, whichever port checks it).
-_STRAPPING = (0, 2, 5, 12, 15)
-_ADC2 = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27)
+_STRAPPING = const((0, 2, 5, 12, 15))
+_ADC2 = const((0, 2, 4, 12, 13, 14, 15, 25, 26, 27))
 
 
 def parse_url(url):
@@ -191,8 +191,8 @@ def _check(src, schema, out, errors, where, prefix="", text=None):
                 bad = "must be an https:// URL"
             elif typ == "f" and ".." in v:
                 bad = "must be a file name on the device"
-            elif typ == "k" and v not in SENSOR_KINDS:
-                bad = "must be one of " + ", ".join(SENSOR_KINDS)
+            elif typ == "k" and v not in _SENSOR_KINDS:
+                bad = "must be one of " + ", ".join(_SENSOR_KINDS)
             elif typ == "r" and v not in _LWA:
                 bad = "must be one of na, eu, fe"
             elif typ == "a" and v and not printable(v):
@@ -216,7 +216,7 @@ def _check(src, schema, out, errors, where, prefix="", text=None):
     known = _keys(schema)
     for key in src:
         if key not in known:
-            if where == SECRETS:
+            if where == _SECRETS:
                 # Never echoed: a password pasted as a key would land in the log. Where it is.
                 # (The file's text is bytes, as read; a test may give str.)
                 k = json.dumps(key)
@@ -383,9 +383,9 @@ def validate(raw, secrets, secrets_text=None):
         if "slots" in raw:
             rest = {k: raw[k] for k in raw if k != "slots" and k != "mqtt"}
             slots = raw["slots"]
-            if not isinstance(slots, list) or not 0 < len(slots) <= MAX_SLOTS:
+            if not isinstance(slots, list) or not 0 < len(slots) <= _MAX_SLOTS:
                 errors.append(
-                    "%s: 'slots' must be a list of 1 to %d objects" % (CONFIG, MAX_SLOTS)
+                    "%s: 'slots' must be a list of 1 to %d objects" % (CONFIG, _MAX_SLOTS)
                 )
                 slots = []
         else:
@@ -422,7 +422,7 @@ def validate(raw, secrets, secrets_text=None):
             cfg["lwa_url"] = _LWA.get(region, _LWA["na"])
         if cfg.get("drs_url") is None:
             if region == "na":
-                cfg["drs_url"] = DRS_NA
+                cfg["drs_url"] = _DRS_NA
             elif "drs_url" not in raw:
                 errors.append(
                     "%s: 'drs_url' is missing (Amazon names no DRS host for region %s)"
@@ -431,7 +431,7 @@ def validate(raw, secrets, secrets_text=None):
         if "retry_base_s" in cfg and cfg.get("retry_cap_s", 0) < cfg["retry_base_s"]:
             errors.append("%s: 'retry_cap_s' must not be below 'retry_base_s'" % CONFIG)
     if secrets is not None:
-        _check(secrets, _SECRET, sec, errors, SECRETS, text=secrets_text)
+        _check(secrets, _SECRET, sec, errors, _SECRETS, text=secrets_text)
     # The cloud link's password is the link's trouble, not the device's (see `_check_mqtt`).
     pw = [e for e in errors if "'mqtt_password'" in e]
     if raw is not None and "mqtt" in raw:
@@ -460,9 +460,9 @@ def _check_mqtt(src, cfg, sec, errors, pw):
         if plain and m.get("client_cert"):
             bad.append("%s: 'mqtt.client_cert' needs 'mqtt.transport' tls" % CONFIG)
         if sec.get("mqtt_password") and not m.get("username"):
-            bad.append("%s: 'mqtt_password' is set, but 'mqtt.username' is not" % SECRETS)
+            bad.append("%s: 'mqtt_password' is set, but 'mqtt.username' is not" % _SECRETS)
         if sec.get("mqtt_password") and plain:
-            bad.append("%s: 'mqtt_password' would go in clear over plain TCP" % SECRETS)
+            bad.append("%s: 'mqtt_password' would go in clear over plain TCP" % _SECRETS)
         if m.get("retry_cap_s", 0) < m.get("retry_base_s", 0):
             bad.append("%s: 'mqtt.retry_cap_s' must not be below 'mqtt.retry_base_s'" % CONFIG)
     errors.extend(bad)
@@ -477,6 +477,6 @@ def load(root="."):
     errors: list = []
     raw = read(root + "/" + CONFIG, errors)
     texts: list = []
-    secrets = read(root + "/" + SECRETS, errors, texts)
+    secrets = read(root + "/" + _SECRETS, errors, texts)
     cfg, sec, more = validate(raw, secrets, texts[0] if texts else None)
     return cfg, sec, errors + more

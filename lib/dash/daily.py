@@ -9,7 +9,7 @@ from micropython import const
 
 from dash.link import answer
 
-DEVICE_STATUS = (b"POST", b"DrsDeviceStatusInput@1.0", b"DrsDeviceStatusResult@1.0")
+_DEVICE_STATUS = const((b"POST", b"DrsDeviceStatusInput@1.0", b"DrsDeviceStatusResult@1.0"))
 ACCEPTED = (200, 201, 202, 204)  # what a report's answer may be (`reports` too)
 _DAY = const(86400)
 
@@ -46,7 +46,7 @@ def device_status(app, sl=None):
         return None
     sent = iso8601(now)
     body = device_status_body(sent)
-    ans, failed = answer(app, DEVICE_STATUS, "/deviceStatus", body, ok=ACCEPTED)
+    ans, failed = answer(app, _DEVICE_STATUS, "/deviceStatus", body, ok=ACCEPTED)
     if failed:
         return failed
     app.warm["ds"] = now

@@ -9,9 +9,9 @@ from dash import result
 from dash.check import printable, valid_slot
 
 _MAX_ANSWER = const(1024)  # eventInstanceId <= 255 chars plus a short detailCode
-_PFX = b"com.amazon.dash.replenishment."
+_PFX = const(b"com.amazon.dash.replenishment.")
 PLACED = ("STANDARD_ORDER_PLACED", "TEST_ORDER_PLACED")
-IN_PROGRESS = "ORDER_INPROGRESS"
+_IN_PROGRESS = const("ORDER_INPROGRESS")
 
 # (method, x-amzn-type-version, x-amzn-accept-type) of a call; the others are in `duties`.
 REPLENISH = (b"POST", b"DrsReplenishInput@1.0", b"DrsReplenishResult@1.0")
@@ -55,7 +55,7 @@ def classify(status, body):
         if not isinstance(code, str) or len(code) > 64:
             return result.UNKNOWN, None, None, "answer has no detailCode"
         good = isinstance(eid, str) and 0 < len(eid) <= 255 and printable(eid)
-        if code == IN_PROGRESS:
+        if code == _IN_PROGRESS:
             # Nothing was placed: the long back-off, with an id or without (never the short
             # retries of an answer not understood, which would hammer DRS).
             return result.INPROGRESS, eid if good else None, code, ""

@@ -9,10 +9,12 @@ for that) and imports this module only to make it, dropping it afterwards.
 
 import json
 
+from micropython import const
+
 from dash import fsm, result
 from dash.link import answer, call
 
-SUBSCRIPTION = (b"GET", b"DrsSubscriptionInfoInput@1.0", b"DrsSubscriptionInfoResult@1.0")
+_SUBSCRIPTION = const((b"GET", b"DrsSubscriptionInfoInput@1.0", b"DrsSubscriptionInfoResult@1.0"))
 
 
 def verify_registration(app, sl=None):
@@ -20,7 +22,7 @@ def verify_registration(app, sl=None):
     (invalid_grant, and `link.call` forgets every token) or the notice was an old one."""
     app.verify_reg = False
     app.tokens.access = None  # so the call refreshes first
-    ans, fail = call(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
+    ans, fail = call(app, _SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if fail:
         return None if fail[0] == result.REVOKED else (fail[0], fail[1], fail[3])
     app.log("registration-confirmed", note="the deregistration notice was not about this one")
@@ -50,7 +52,7 @@ def parse_subscriptions(body, slot_ids):
 
 def fetch_subscriptions(app, sl=None):
     """SubscriptionInfo into the cache. None on success, else (outcome, reason, retry-after)."""
-    ans, failed = answer(app, SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
+    ans, failed = answer(app, _SUBSCRIPTION, "/subscriptionInfo", b"", 2048)
     if failed:
         return failed
     subs = parse_subscriptions(ans[1], [sl.id for sl in app.slots])

@@ -22,7 +22,9 @@ UNSUBSCRIBED = const(9)  # low, but the customer has no subscription for this sl
 N_STATES = const(10)
 
 # Their names, in order: one string, not a tuple of strings (each a heap object); see `name`.
-_NAMES = "warmup monitor confirm ordering ordered inprogress retry fault suspended unsubscribed"
+_NAMES = const(
+    "warmup monitor confirm ordering ordered inprogress retry fault suspended unsubscribed"
+)
 
 # Events. Those only the samples raise are private: no name in the module's dict.
 _E_LOW = const(0)  # sane reading at or below the low threshold
@@ -56,16 +58,18 @@ _BACK = const(114)  # "r"
 _DIGIT = const(48)  # "0"
 #         LMHFWCTPIRSAU
 _TABLE = (
-    b"....r.....8.."  # 0 WARMUP
-    b"2..7......8.."  # 1 MONITOR
-    b".117.3....8.."  # 2 CONFIRM
-    b"..1....4568.9"  # 3 ORDERING
-    b"..17......81."  # 4 ORDERED
-    b"..17..3...8.."  # 5 INPROGRESS
-    b"..17..3...8.."  # 6 RETRY
-    b"rrr.......8.."  # 7 FAULT
-    b".......4...1."  # 8 SUSPENDED
-    b"..17......81."  # 9 UNSUBSCRIBED
+    const(
+        b"....r.....8.."  # 0 WARMUP
+        b"2..7......8.."  # 1 MONITOR
+        b".117.3....8.."  # 2 CONFIRM
+        b"..1....4568.9"  # 3 ORDERING
+        b"..17......81."  # 4 ORDERED
+        b"..17..3...8.."  # 5 INPROGRESS
+        b"..17..3...8.."  # 6 RETRY
+        b"rrr.......8.."  # 7 FAULT
+        b".......4...1."  # 8 SUSPENDED
+        b"..17......81."
+    )  # 9 UNSUBSCRIBED
 )
 
 

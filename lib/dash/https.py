@@ -38,7 +38,7 @@ E_CA = const(8)  # trust store missing or unreadable
 # A blocking connect out of time says ETIMEDOUT, or EAGAIN, by port.
 TIMEDOUT = (errno.ETIMEDOUT, errno.EAGAIN)
 # Their names, from E_DNS on: one string, not a tuple of them (each a heap object).
-_ERRORS = "dns connect tls timeout reset protocol too_big ca_file"
+_ERRORS = const("dns connect tls timeout reset protocol too_big ca_file")
 
 
 def error_name(code):

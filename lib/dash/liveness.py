@@ -11,7 +11,7 @@ from micropython import const
 from dash import platform
 from dash.store import pack, unpack
 
-UNCLEAN_MAX = const(3)  # unclean restarts in a row that mean safe mode
+_UNCLEAN_MAX = const(3)  # unclean restarts in a row that mean safe mode
 CLEAN_S = const(300)  # a run this long clears the count
 WDT_MS = const(600000)  # longer than the longest bounded step (docs/embedding.md)
 
@@ -59,7 +59,7 @@ def check(root, rtc):
             warm.pop("cr", None)
         rtc.write(pack(warm)[0])
     why = ""
-    if n >= UNCLEAN_MAX:
+    if n >= _UNCLEAN_MAX:
         why = "%d unclean restarts in a row, the last by %s" % (n, cause)
     else:
         pin = _safe_pin(root)

@@ -22,7 +22,6 @@ _TOKEN_MAX = const(2048)  # LwA's access and refresh tokens are at most 2 KB eac
 _PIECE = const(_TOKEN_MAX + 256)  # room for one token made at its size, and a few small objects
 _FRAME = const(256)  # the JSON around an answer's tokens, and its chunk framing
 _ANSWER = const(2 * _TOKEN_MAX + _FRAME)  # the largest answer taken
-_NO_ROOM = "low memory: no room for the access token"
 
 
 def quote(s):
@@ -44,8 +43,8 @@ def refresh_body(refresh_token, client_id, client_secret):
     return b
 
 
-_WS = b" \t\r\n"
-_NAMES = ("access_token", "refresh_token", "expires_in", "token_type", "error")
+_WS = const(b" \t\r\n")
+_NAMES = const(("access_token", "refresh_token", "expires_in", "token_type", "error"))
 
 
 def _skip(b, i):
@@ -168,7 +167,7 @@ def parse_answer(status, body, room=None):
             gc.collect()
         rt = value(b, spans["refresh_token"]) if spans and "refresh_token" in spans else None
     except (ValueError, UnicodeError):  # a value we read is not JSON (or not UTF-8)
-        spans = got = rt = None
+        spans, got, rt = None, {}, None
     if status == 200:
         if spans is None:
             return result.TRANSIENT, None, None, 0, "token answer is not JSON"
@@ -180,18 +179,18 @@ def parse_answer(status, body, room=None):
             return result.TRANSIENT, None, None, 0, "token answer is not a bearer token"
         if not isinstance(exp, int) or isinstance(exp, bool) or exp < 1:
             exp = 3600
-        at, why = None, "token answer has no usable access_token"
+        at = short = None
         if "access_token" in spans:
             try:
                 at = value(b, spans["access_token"])
             except MemoryError:
-                at, why = None, _NO_ROOM
+                short = True
             except (ValueError, UnicodeError):
-                at = None
+                pass
+        if short:  # a good refresh token is kept all the same
+            return result.OK, None, rt, 0, "low memory: no room for the access token"
         if not isinstance(at, str) or not 0 < len(at) <= _TOKEN_MAX or not printable(at):
-            if why is _NO_ROOM and rt:
-                return result.OK, None, rt, 0, why
-            return result.TRANSIENT, None, None, 0, why
+            return result.TRANSIENT, None, None, 0, "token answer has no usable access_token"
         return result.OK, at, rt, min(exp, 86400), ""
     err = got.get("error") if got else None
     if err == "invalid_grant":

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 _PINGRESP = const(0xD0)
 _PUBLISH = const(0x30)
-_DISCONNECT = b"\xe0\x00"
+_DISCONNECT = const(b"\xe0\x00")
 
 
 class Client(MQTTClient):

@@ -10,6 +10,8 @@ import json
 import os
 from binascii import b2a_base64
 
+from micropython import const
+
 from dash import fsm, result
 from dash.episode import resume, suspend
 
@@ -124,7 +126,7 @@ def register(app, code):
     return {"ok": True, "reason": ""}
 
 
-DEREGISTER = (b"DELETE", b"DrsDeregisterInput@2.0", b"DrsDeregisterResult@1.0")
+_DEREGISTER = const((b"DELETE", b"DrsDeregisterInput@2.0", b"DrsDeregisterResult@1.0"))
 
 
 def deregister(app):
@@ -133,7 +135,7 @@ def deregister(app):
     if app.tokens.registered:
         from dash.link import call
 
-        ans, fail = call(app, DEREGISTER, "/registration")
+        ans, fail = call(app, _DEREGISTER, "/registration")
         confirmed = ans is not None and 200 <= ans[0] < 300
         why = fail[1] if fail else "" if confirmed else "HTTP %d" % ans[0]
     unregister(app, "deregistered on request")

@@ -14,15 +14,15 @@ from dash.check import valid_slot
 from dash.daily import ACCEPTED, iso8601
 from dash.link import answer
 
-SLOT_STATUS = (b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0")
-ORDER_INFO = (b"GET", b"DrsOrderInfoInput@1.0", b"DrsOrderInfoResult@1.0")
+_SLOT_STATUS = const((b"POST", b"DrsSlotStatusInput@1.0", b"DrsSlotStatusResult@1.0"))
+_ORDER_INFO = const((b"GET", b"DrsOrderInfoInput@1.0", b"DrsOrderInfoResult@1.0"))
 
 # What GetOrderInfo tells about an order.
 O_OPEN = const(0)  # pending, processing, shipped, or a status Amazon has not documented
 O_DONE = const(1)  # delivered: nothing more to learn
 O_CANCELLED = const(2)
-_DONE = ("delivered", "closed", "completed", "complete")
-_CANCELLED = ("cancelled", "canceled")
+_DONE = const(("delivered", "closed", "completed", "complete"))
+_CANCELLED = const(("cancelled", "canceled"))
 
 _DAY = const(86400)
 _FAR = const(365 * 86400)  # the latest expected replenishment date we ever report
@@ -72,7 +72,7 @@ def order_info(app, sl):
     most = app.cfg["order_checks_max"]
     path = order_info_path(eid)
     if path is not None:
-        ans, failed = answer(app, ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
+        ans, failed = answer(app, _ORDER_INFO, path, b"", 2048, ok=(200, 400, 404))
         if failed:
             return failed
     extra = rec.get("ox") == 1 and rec.get("oc", 0) >= most
@@ -153,7 +153,7 @@ def slot_status(app, sl):
     up = app.up_s
     last_use = now - (up - sl.used_up) if sl.used_up >= 0 else rec.get("lu") or now
     body = slot_status_body(level, sl.signal.capacity, level, last_use, expected)
-    ans, failed = answer(app, SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=ACCEPTED)
+    ans, failed = answer(app, _SLOT_STATUS, "/slotStatus/" + sl.id, body, ok=ACCEPTED)
     if failed:
         return failed
     rec["rl"] = level

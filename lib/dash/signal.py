@@ -18,7 +18,7 @@ F_STUCK = const(-3)  # the same raw count too many times in a row
 F_JUMP = const(-4)  # dropped faster than anything can be consumed
 
 # Their names, from F_RANGE on: one string, not a tuple of them (each a heap object).
-_FAULTS = "out_of_range saturated stuck jump"
+_FAULTS = const("out_of_range saturated stuck jump")
 
 
 def fault_name(level):

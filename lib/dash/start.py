@@ -2,19 +2,23 @@
 so none of it is resident.
 """
 
+from micropython import const
+
 from dash import fsm
 from dash.app import BACKOFF_STATES, STATE, Slot
 
-_BOOT_ONLY = (
-    "region",
-    "drs_url",
-    "lwa_url",
-    "ca_file",
-    "http_timeout_s",
-    "token_margin_s",
-    "slots",
-    "mqtt",  # the link keeps what it needs
-    "safe_pin",  # for `liveness`, which reads it itself
+_BOOT_ONLY = const(
+    (
+        "region",
+        "drs_url",
+        "lwa_url",
+        "ca_file",
+        "http_timeout_s",
+        "token_margin_s",
+        "slots",
+        "mqtt",  # the link keeps what it needs
+        "safe_pin",  # for `liveness`, which reads it itself
+    )
 )
 
 

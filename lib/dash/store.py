@@ -26,7 +26,7 @@ from micropython import const
 from dash.check import printable
 
 _MAX = const(8192)  # no record of ours is larger; anything bigger is not ours
-_TAIL = b"\n#%08x %d\n"  # after the JSON: the checksum, the sequence number
+_TAIL = const(b"\n#%08x %d\n")  # after the JSON: the checksum, the sequence number
 
 
 def _pieces(obj):

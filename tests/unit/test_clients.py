@@ -101,7 +101,9 @@ def test_a_token_answer_is_read_for_its_members_alone_and_strictly():
         "expires_in": 12,
     }
     err = b'{"error": "invalid_grant", "error_description": "a \\" }"}'
-    assert {k: lwa.value(err, s) for k, s in lwa.members(err).items()} == {"error": "invalid_grant"}
+    assert {k: lwa.value(err, s) for k, s in lwa.members(err).items()} == {
+        "error": "invalid_grant"
+    }
     assert lwa.members(b"{}") == {}
     for bad in (b"", b"[1]", b"{", b'{"a":}', b'{"a" 1}', b'{"a":1,}', b'{"a":1} x', b'{"a":[1}'):
         assert lwa.members(bad) is None, bad
