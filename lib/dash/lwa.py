@@ -16,12 +16,7 @@ from micropython import const
 from dash import fsm, result
 from dash.check import octets, printable, unreserved
 from dash.https import HttpError, error_name
-from dash.tokens import mark
-
-_TOKEN_MAX = const(2048)  # LwA's access and refresh tokens are at most 2 KB each
-_PIECE = const(_TOKEN_MAX + 256)  # room for one token made at its size, and a few small objects
-_FRAME = const(256)  # the JSON around an answer's tokens, and its chunk framing
-_ANSWER = const(2 * _TOKEN_MAX + _FRAME)  # the largest answer taken
+from dash.tokens import ANSWER_MAX, TOKEN_MAX, mark, room
 
 
 def quote(s):
@@ -149,8 +144,8 @@ def members(body):
             return None
 
 
-def parse_answer(status, body, room=None):
-    """(outcome, access_token, refresh_token or None, expires_in_s, reason). `room`: a list
+def parse_answer(status, body, keep=None):
+    """(outcome, access_token, refresh_token or None, expires_in_s, reason). `keep`: a list
     holding what `grant` set aside for the refresh token; it is emptied, and the heap collected,
     just before that token is made, so that nothing smaller takes the room first. The access
     token is made last: when there is no room left for it, the answer is OK without one (None)
@@ -162,8 +157,8 @@ def parse_answer(status, body, room=None):
         for k in _NAMES[2:]:  # the small members first
             if spans and k in spans:
                 got[k] = value(b, spans[k])
-        if room:
-            room.clear()
+        if keep:
+            keep.clear()
             gc.collect()
         rt = value(b, spans["refresh_token"]) if spans and "refresh_token" in spans else None
     except (ValueError, UnicodeError):  # a value we read is not JSON (or not UTF-8)
@@ -173,7 +168,7 @@ def parse_answer(status, body, room=None):
             return result.TRANSIENT, None, None, 0, "token answer is not JSON"
         exp = got.get("expires_in", 3600)
         tt = got.get("token_type", "bearer")
-        if rt is not None and (not isinstance(rt, str) or not 0 < len(rt) <= _TOKEN_MAX):
+        if rt is not None and (not isinstance(rt, str) or not 0 < len(rt) <= TOKEN_MAX):
             return result.TRANSIENT, None, None, 0, "token answer has a bad refresh_token"
         if not isinstance(tt, str) or tt.lower() != "bearer":
             return result.TRANSIENT, None, None, 0, "token answer is not a bearer token"
@@ -189,7 +184,7 @@ def parse_answer(status, body, room=None):
                 pass
         if short:  # a good refresh token is kept all the same
             return result.OK, None, rt, 0, "low memory: no room for the access token"
-        if not isinstance(at, str) or not 0 < len(at) <= _TOKEN_MAX or not printable(at):
+        if not isinstance(at, str) or not 0 < len(at) <= TOKEN_MAX or not printable(at):
             return result.TRANSIENT, None, None, 0, "token answer has no usable access_token"
         return result.OK, at, rt, min(exp, 86400), ""
     err = got.get("error") if got else None
@@ -214,16 +209,17 @@ def parse_answer(status, body, room=None):
     )
 
 
-def refresh(app):
+def refresh(app, reserve=None):
     """Refresh the access token now, log it, and act on a refusal (a revoked registration,
-    rejected client credentials). None, or why not: (outcome, reason, False, Retry-After)."""
+    rejected client credentials). None, or why not: (outcome, reason, False, Retry-After).
+    `reserve`: what `tokens.room()` set aside for it, if the caller made it already."""
     tokens = app.tokens
     if tokens.unsaved and not tokens.save():
         # LwA may already have retired the token on flash: this one must be there first.
         return result.TRANSIENT, "the refresh token is not on flash yet", False, None
     try:
         form = refresh_body(tokens.refresh, tokens.client_id, tokens.client_secret)
-        outcome, reason = grant(tokens, app.https, app.lwa_url, form, False)
+        outcome, reason = grant(tokens, app.https, app.lwa_url, form, False, reserve)
     except HttpError as e:
         return result.TRANSIENT, "network: " + error_name(e.args[0]), False, None
     ok = outcome == result.OK and tokens.access is not None
@@ -246,10 +242,12 @@ def refresh(app):
     return outcome, reason, False, tokens.retry_after
 
 
-def grant(tokens, https, url, form, need_refresh):
+def grant(tokens, https, url, form, need_refresh, reserve=None):
     """One token request (a refresh, or a code exchange): (outcome, reason). On success the
     tokens are taken, a rotated refresh token persisted before anything uses it; without room
-    for the access token (the reason says so), `tokens.access` is None."""
+    for the access token (the reason says so), `tokens.access` is None. `reserve`: what
+    `tokens.room()` set aside, made by the caller before this module was loaded; else made
+    here."""
     host, port, path = url
     # Room for the largest answer taken, and for one token made at its size, set aside before
     # the request leaves: after LwA has answered, a rotated refresh token must not be lost for
@@ -259,11 +257,11 @@ def grant(tokens, https, url, form, need_refresh):
     # token after it, as room allows (`parse_answer`): without it, the refresh token is kept
     # and the next refresh gets another.
     try:
-        room = [bytearray(_PIECE)]
-        spill = bytearray(_ANSWER)
+        keep = reserve or room()
     except MemoryError:
         tokens.retry_after = None
         return result.TRANSIENT, "low memory: token refresh postponed"
+    spill = keep.pop(0)  # `keep` holds the token's room alone from here on
     status, body, hdrs = https.request(
         b"POST",
         host,
@@ -271,11 +269,11 @@ def grant(tokens, https, url, form, need_refresh):
         path,
         (b"Content-Type: application/x-www-form-urlencoded\r\n",),
         form,
-        _ANSWER,
+        ANSWER_MAX,
         spill,
     )
-    del spill  # the answer holds what it needs of it
-    outcome, at, rt, exp, reason = parse_answer(status, body, room)
+    del reserve, spill  # the answer holds what it needs of it
+    outcome, at, rt, exp, reason = parse_answer(status, body, keep)
     del body
     tokens.retry_after = hdrs.get("retry-after")
     if outcome != result.OK:

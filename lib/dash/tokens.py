@@ -8,9 +8,23 @@ The flash record holds the refresh token alone; the access token and its absolut
 
 from binascii import crc32
 
+from micropython import const
+
 from dash.check import octets
 
 TOKENS = "tokens.json"
+TOKEN_MAX = const(2048)  # LwA's access and refresh tokens are at most 2 KB each
+ANSWER_MAX = const(2 * TOKEN_MAX + 256)  # the largest token answer: two tokens, and around them
+_PIECE = const(TOKEN_MAX + 256)  # one token made at its size, and a few small objects
+
+
+def room():
+    """What a token request sets aside before it is sent (`lwa.grant`): a buffer for the
+    largest answer taken, and room for the refresh token made from it at its size, in a list
+    that holds them alone (each is given back by taking it out). Made before the request's
+    code is loaded: big blocks first, while the heap still has them. MemoryError when it has
+    not."""
+    return [bytearray(ANSWER_MAX), bytearray(_PIECE)]
 
 
 def mark(token):
