@@ -6,14 +6,12 @@ name the host; every socket operation has a timeout; the response is read into o
 allocated at start-up, the body within a caller-given limit; sockets are closed on every path.
 This module reports what happened; it decides nothing (no retries, no redirects).
 
-The head is read a line at a time through the buffer, so the body has all of it: a body that
-fits (every DRS answer, and LwA's with tokens of the usual size) comes back as a memoryview of
-it, valid until the next request: parse it at once. A request's head is put together in the
-buffer too, sent whenever it is full. With a length, without one (read until close) or
-chunked (de-chunked in place), reading the body allocates nothing, so it cannot fail for want
-of memory after the server has acted on the request (LwA may have rotated the refresh token).
-A caller expecting a bigger answer reserves a `spill` buffer before sending, and the answer
-goes on in that; only an answer bigger than both gets a buffer allocated while it is read.
+The head is read a line at a time through the buffer, so the body has all of it: every answer
+the firmware takes (LwA's largest too) fits, and comes back as a memoryview of it, valid until
+the next request: parse it at once. A request's head is put together in the buffer too, sent
+whenever it is full. With a length, without one (read until close) or chunked (de-chunked in
+place), reading the body allocates nothing, so it cannot fail for want of memory after the
+server has acted on the request (LwA may have rotated the refresh token).
 """
 
 import errno
@@ -47,10 +45,11 @@ def error_name(code):
 
 
 _HEAD_MAX = const(2048)  # status line plus headers
-# LwA's answer with two tokens of the usual size (under 700 bytes each) and the JSON around
-# them (see `lwa`), and so every DRS body (1 KB at most); the head passes a line at a time.
-# Bigger answers go on in a buffer their caller reserves (`spill`).
-_BUF = const(1664)
+# The largest answer taken: LwA's, two 2 KB tokens and the JSON around them (4352 bytes, see
+# `tokens`), with one chunk's framing; so every DRS body too (2 KB at most). The head passes a
+# line at a time. Held for life, it spares each token refresh a 4 KB block found at the time.
+_FRAMING = const(80)  # a chunk-size line (64 at most) and two CRLFs
+_BUF = const(4352 + _FRAMING)
 # Allocated when the module is imported (at boot, right after the config checks, before
 # anything else that stays), while the heap is still in one piece; there is one connection
 # at a time, so one buffer.
@@ -92,14 +91,14 @@ class Https:
             self._ctx = context(self.ca_path, _fresh)
         return self._ctx
 
-    def request(self, method, host, port, path, headers=(), body=b"", max_body=1024, spill=None):
+    def request(self, method, host, port, path, headers=(), body=b"", max_body=1024):
         """Send one request; return (status, body, headers dict of the few we keep).
 
         `headers`: complete header lines (each ending CRLF) in pieces, bytes or ASCII str,
         put together in `buf` (which the answer only needs once the request is out): a
         header with a token in it is never built as one more heap object. The answer's
-        header names we keep: retry-after, content-type, location (values as bytes). `spill`:
-        a bytearray bigger than `buf` to go on in when the answer does not fit there.
+        header names we keep: retry-after, content-type, location (values as bytes).
+        `max_body`: the largest body taken (at most the buffer's size, less a chunk's framing).
         """
         self.sent = False
         if self.pause is not None:
@@ -156,7 +155,7 @@ class Https:
                 # mbedTLS verification failures arrive as ValueError with a reason.
                 raise HttpError(E_TLS, str(e).strip())
             try:
-                return self._response(s, max_body, spill)
+                return self._response(s, max_body)
             except OSError:
                 raise HttpError(E_RESET, host)
         except HttpError:
@@ -174,10 +173,11 @@ class Https:
             if self.done is not None:
                 self.done()
 
-    def _response(self, s, max_body, spill=None):
+    def _response(self, s, max_body):
         buf = self.buf
         mv = memoryview(buf)
         size = len(buf)
+        max_body = min(max_body, size - _FRAMING)
         lim = limits(self.timeout_s)
         # The head is parsed a line at a time and each line's bytes are let go of at once,
         # so the buffer holds the longest line, not the whole head; the body then starts at
@@ -262,11 +262,11 @@ class Https:
         n -= pos
         mv[:n] = mv[pos : pos + n]
         if chunked:
-            body = _read_chunked(s, buf, n, max_body, lim, spill)
+            body = _read_chunked(s, buf, n, max_body, lim)
         else:
             if length > max_body:
                 raise HttpError(E_TOOBIG, "body")
-            body = _read_body(s, mv, n, length, max_body, lim, spill)
+            body = _read_body(s, mv, n, length, max_body, lim)
         return status, body, kept
 
 
@@ -353,25 +353,12 @@ def recv(s, mv, limits):
         _wait(s, select.POLLIN, ms)
 
 
-def _bigger(spill, size, want):
-    """Room for more than `size` bytes: the reserved `spill` when it is bigger, else a new
-    buffer of `want` bytes."""
-    if spill is not None and len(spill) > size:
-        return spill
-    return bytearray(want)
-
-
-def _read_body(s, mv, have, length, max_body, limits, spill):
-    """`length` bytes, or with no length until the server closes, into `mv` (which holds the
-    `have` bytes that came with the head); a body too big for it goes on in `spill`, or else
-    in a buffer of its own."""
+def _read_body(s, mv, have, length, max_body, limits):
+    """`length` bytes (at most `max_body`), or with no length until the server closes, into
+    `mv`, which holds the `have` bytes that came with the head and has room for them all."""
     want = length if length >= 0 else max_body + 1
     have = min(have, want)
     while have < want:
-        if have == len(mv):
-            big = memoryview(_bigger(spill, have, want))[:want]
-            big[:have] = mv
-            mv = big
         got = recv(s, mv[have:want], limits)
         if not got:
             if length < 0:
@@ -383,7 +370,7 @@ def _read_body(s, mv, have, length, max_body, limits, spill):
     return mv[:have]
 
 
-def _read_chunked(s, buf, end, max_body, limits, spill):
+def _read_chunked(s, buf, end, max_body, limits):
     """De-chunk in place: `buf[:end]` holds the raw bytes that came after the head, and each
     chunk's data is moved down over the framing before it, so the body ends at buf[:out].
     Unparsed raw bytes are buf[pos:end]."""
@@ -393,7 +380,7 @@ def _read_chunked(s, buf, end, max_body, limits, spill):
         while eol < 0:
             if end - pos > 64:
                 raise HttpError(E_PROTO, "chunk")
-            buf, pos, end = _more(s, buf, out, pos, end, max_body, limits, spill)
+            pos, end = _more(s, buf, out, pos, end, limits)
             eol = buf.find(b"\r\n", pos, end)
         try:
             size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
@@ -407,7 +394,7 @@ def _read_chunked(s, buf, end, max_body, limits, spill):
         if out + size > max_body:
             raise HttpError(E_TOOBIG, "body")
         while end - pos < size + 2:
-            buf, pos, end = _more(s, buf, out, pos, end, max_body, limits, spill)
+            pos, end = _more(s, buf, out, pos, end, limits)
         if buf[pos + size] != 13 or buf[pos + size + 1] != 10:
             raise HttpError(E_PROTO, "chunk")
         buf[out : out + size] = memoryview(buf)[pos : pos + size]
@@ -415,21 +402,17 @@ def _read_chunked(s, buf, end, max_body, limits, spill):
         pos += size + 2
 
 
-def _more(s, buf, out, pos, end, max_body, limits, spill):
+def _more(s, buf, out, pos, end, limits):
     """Read more raw bytes after `end`: when the buffer is full, first move the unparsed ones
-    down to `out`, and only if that frees nothing, go on in `spill` or a bigger buffer."""
+    down to `out`. Full even so, the body with one chunk's framing is more than `max_body`
+    allows (`_response` keeps it a framing's size under the buffer's)."""
     if end == len(buf):
         if pos > out:
             buf[out : out + end - pos] = memoryview(buf)[pos:end]
             pos, end = out, out + end - pos
         if end == len(buf):
-            size = max_body + 80  # the whole body, one chunk's framing, its CRLF
-            if size <= len(buf):
-                raise HttpError(E_TOOBIG, "body")
-            big = _bigger(spill, end, size)
-            big[:end] = buf
-            buf = big
+            raise HttpError(E_TOOBIG, "body")
     got = recv(s, memoryview(buf)[end:], limits)
     if not got:
         raise HttpError(E_RESET, "chunk")
-    return buf, pos, end + got
+    return pos, end + got

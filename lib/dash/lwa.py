@@ -146,10 +146,10 @@ def members(body):
 
 def parse_answer(status, body, keep=None):
     """(outcome, access_token, refresh_token or None, expires_in_s, reason). `keep`: a list
-    holding what `grant` set aside for the refresh token; it is emptied, and the heap collected,
-    just before that token is made, so that nothing smaller takes the room first. The access
-    token is made last: when there is no room left for it, the answer is OK without one (None)
-    and its refresh token is kept."""
+    holding the room `grant` set aside for the refresh token; it is emptied, and the heap
+    collected, just before that token is made, so that nothing smaller takes the room first.
+    The access token is made last: when there is no room left for it, the answer is OK
+    without one (None) and its refresh token is kept."""
     b = octets(body) if body else b""
     try:
         spans = members(b) if b else {}
@@ -249,19 +249,18 @@ def grant(tokens, https, url, form, need_refresh, reserve=None):
     `tokens.room()` set aside, made by the caller before this module was loaded; else made
     here."""
     host, port, path = url
-    # Room for the largest answer taken, and for one token made at its size, set aside before
-    # the request leaves: after LwA has answered, a rotated refresh token must not be lost for
-    # want of memory, and LwA may answer with tokens longer than the ones it replaces. Without
-    # that room, nothing is sent; an answer bigger than it is refused, not read into memory
-    # found on the way. The refresh token is made first, in the room given back; the access
-    # token after it, as room allows (`parse_answer`): without it, the refresh token is kept
-    # and the next refresh gets another.
+    # Room for one token made at its size, set aside before the request leaves: after LwA has
+    # answered, a rotated refresh token must not be lost for want of memory, and LwA may
+    # answer with tokens longer than the ones it replaces. Without that room, nothing is sent.
+    # The answer itself, up to the largest taken, is read into the transport's buffer, and
+    # one bigger is refused. The refresh token is made first, in the room given back; the
+    # access token after it, as room allows (`parse_answer`): without it, the refresh token is
+    # kept and the next refresh gets another.
     try:
         keep = reserve or room()
     except MemoryError:
         tokens.retry_after = None
         return result.TRANSIENT, "low memory: token refresh postponed"
-    spill = keep.pop(0)  # `keep` holds the token's room alone from here on
     status, body, hdrs = https.request(
         b"POST",
         host,
@@ -270,9 +269,8 @@ def grant(tokens, https, url, form, need_refresh, reserve=None):
         (b"Content-Type: application/x-www-form-urlencoded\r\n",),
         form,
         ANSWER_MAX,
-        spill,
     )
-    del reserve, spill  # the answer holds what it needs of it
+    del reserve
     outcome, at, rt, exp, reason = parse_answer(status, body, keep)
     del body
     tokens.retry_after = hdrs.get("retry-after")

@@ -19,12 +19,12 @@ _PIECE = const(TOKEN_MAX + 256)  # one token made at its size, and a few small o
 
 
 def room():
-    """What a token request sets aside before it is sent (`lwa.grant`): a buffer for the
-    largest answer taken, and room for the refresh token made from it at its size, in a list
-    that holds them alone (each is given back by taking it out). Made before the request's
-    code is loaded: big blocks first, while the heap still has them. MemoryError when it has
+    """What a token request sets aside before it is sent (`lwa.grant`): room for the refresh
+    token made at its size from the answer (which the transport's buffer holds), in a list
+    that holds it alone (it is given back by emptying the list). Made before the request's
+    code is loaded: a big block first, while the heap still has it. MemoryError when it has
     not."""
-    return [bytearray(ANSWER_MAX), bytearray(_PIECE)]
+    return [bytearray(_PIECE)]
 
 
 def mark(token):

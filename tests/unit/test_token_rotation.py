@@ -37,10 +37,10 @@ class LwA:
     """Rotates the refresh token on every refresh; records what each request carried."""
 
     def __init__(self):
-        self.buf = bytearray(1664)
+        self.buf = bytearray(4432)
         self.sent = []
 
-    def request(self, method, host, port, path, headers, form, max_body, spill):
+    def request(self, method, host, port, path, headers, form, max_body):
         self.sent.append(form.split(b"&refresh_token=")[1].split(b"&")[0])
         n = len(self.sent)
         body = b'{"access_token":"Atza|%s","refresh_token":"Atzr|rt%d","expires_in":3600}' % (
