@@ -133,7 +133,9 @@ class Bench:
             }
             secrets = {"mqtt_password": self.broker.users[DEVICE_ID]}
         self.emu.mark_delivered(SLOT)
-        lib, env = self.art["mpy"], None
+        # As on a board: what the firmware has frozen in comes first (on the 32-bit build that
+        # stands in for stock ESP32 firmware, umqtt.simple), then the deployed .mpy files.
+        lib, env = ".frozen:%s" % self.art["mpy"], None
         if variant == "romfs":
             lib, env = self.art["empty"], {"VDEVICE_ROMFS": str(self.art["bench_image"])}
         elif variant == "source":

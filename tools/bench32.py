@@ -3,7 +3,8 @@ unix port built 32-bit from the source tree MPY_DIR names (tools/mpybuild.py), i
 maker ships the firmware in:
 
   heap_min_kb_mpy32      the device code as .mpy files (compiled by that tree's mpy-cross), on
-                         the unix32 build: stock firmware with `dashctl deploy`
+                         the unix32 build, which has umqtt.simple frozen in as stock ESP32
+                         firmware does: stock firmware with `dashctl deploy`
   heap_min_kb_frozen32   `dash` frozen into the build (firmware/manifest_unix.py, as
                          firmware/manifest.py freezes it for the ESP32): the custom firmware
   ..._mqtt               the same with the cloud link connected to a real mosquitto
@@ -212,7 +213,7 @@ def heap_at_replenish(b, variant, exe, cross, art, lib, held, work):
         raise RuntimeError("no Replenish request in a cold-boot cycle:\n" + text[-2000:])
 
     def by_consumer(req, pool):
-        mods = module_heap(exe, lib, req["modules"])
+        mods = module_heap(exe, lib.split(":")[-1], req["modules"])  # the .mpy files' directory
         tables = pool["n_total_bytes"] - pool["n_str_data_bytes"]
         return {
             "alloc": req["alloc"],
@@ -272,7 +273,7 @@ def measure(results, verbose=False, tree=None):
             # The frozen build: the same harness, and dash and umqtt.simple from the firmware
             # image (.frozen), as on a board.
             forms = {
-                "mpy32": (exe["unix32"], "mpy", str(art["mpy"])),
+                "mpy32": (exe["unix32"], "mpy", ".frozen:%s" % art["mpy"]),
                 "frozen32": (exe["unix32-frozen"], "frozen", ".frozen"),
             }
             for form, (binary, variant, lib) in forms.items():

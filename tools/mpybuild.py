@@ -18,6 +18,8 @@ Variants (build/mpy/<variant>/micropython):
   unix32         the unix port as a 32-bit (i386) program: 4-byte words and 16-byte GC blocks,
                  the ESP32's object sizes; -X heapsize, real TLS (mbedTLS), vfs.VfsRom. No btree
                  (the tree needs berkeley-db) and no ffi (libffi): the firmware uses neither.
+                 Frozen in, as in stock ESP32 firmware: umqtt.simple
+                 (firmware/manifest_stock_unix.py), so the cloud link's client costs no heap.
   unix32-frozen  the same with firmware/manifest_unix.py frozen in: the port's own frozen
                  modules, umqtt.simple and the `dash` package, as firmware/manifest.py freezes
                  them into ESP32 firmware.
@@ -25,10 +27,10 @@ Variants (build/mpy/<variant>/micropython):
 The 32-bit builds need gcc's 32-bit C library (Debian: apt-get install gcc-multilib).
 
 Cache: a build is redone only when its stamp (build/mpy/<variant>/stamp.json) no longer matches:
-a hash over the tree's files (paths, sizes, mtimes), MPY_DIR, the make options, and for the
-frozen build the contents of the manifest and of lib/dash/*.py. A changed tree or option builds
-from scratch (an older file put back keeps an older mtime, which make would not see); a changed
-lib/dash rebuilds only the frozen part.
+a hash over the tree's files (paths, sizes, mtimes), MPY_DIR, the make options, and the contents
+of the build's manifest (and of lib/dash/*.py, for the build that freezes it). A changed tree or
+option builds from scratch (an older file put back keeps an older mtime, which make would not
+see); a changed manifest or lib/dash rebuilds only the frozen part.
 
 Usage: python3 tools/mpybuild.py [--mpy-dir DIR] [-v] [VARIANT ...]   (default: all of them)
 Prints each built binary's path, one a line.
@@ -48,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "build" / "mpy"
 MANIFEST = REPO / "firmware" / "manifest_unix.py"
+STOCK = REPO / "firmware" / "manifest_stock_unix.py"
 # What the unix port compiles besides py/ extmod/ shared/ ports/unix: the rest of lib/ (a full
 # clone has many submodules for other ports) and ports/* other than unix are not read.
 _TREE_DIRS = ("py", "extmod", "shared", "drivers", "tools", "mpy-cross", "ports/unix")
@@ -73,8 +76,8 @@ _UNIX32 = [
     "LDFLAGS_EXTRA=-m32",
 ]
 VARIANTS = {
-    "unix32": {"make": _UNIX32, "frozen": False},
-    "unix32-frozen": {"make": _UNIX32, "frozen": True},
+    "unix32": {"make": _UNIX32, "manifest": STOCK, "dash": False},
+    "unix32-frozen": {"make": _UNIX32, "manifest": MANIFEST, "dash": True},
 }
 ALL = ("mpy-cross", *VARIANTS)
 
@@ -124,10 +127,11 @@ def _tree_hash(tree):
     return h.hexdigest()
 
 
-def _inputs_hash():
-    """The frozen build's inputs of ours, by content: the manifest and the package it freezes."""
+def _inputs_hash(manifest, dash):
+    """A build's frozen inputs of ours, by content: its manifest, and the package when it
+    freezes `dash`."""
     h = hashlib.sha256()
-    for p in [MANIFEST, *sorted((REPO / "lib" / "dash").glob("*.py"))]:
+    for p in [manifest, *(sorted((REPO / "lib" / "dash").glob("*.py")) if dash else ())]:
         h.update(p.relative_to(REPO).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -230,14 +234,12 @@ def build(variant, tree=None, verbose=False):
         cross = _mpy_cross(tree, verbose)
         out = OUT / variant
         exe = out / "micropython"
-        args = list(spec["make"])
-        if spec["frozen"]:
-            args.append("FROZEN_MANIFEST=" + str(MANIFEST))
+        args = list(spec["make"]) + ["FROZEN_MANIFEST=" + str(spec["manifest"])]
         want = {
             "mpy_dir": str(tree),
             "tree": _tree_hash(tree),
             "make": args,
-            "inputs": _inputs_hash() if spec["frozen"] else None,
+            "inputs": _inputs_hash(spec["manifest"], spec["dash"]),
         }
         stamp = out / "stamp.json"
         have = _stamp(stamp)
