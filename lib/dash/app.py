@@ -389,16 +389,7 @@ class App:
         if not failed:
             owner.duty_att = 0
             return
-        from dash.backoff import parse_retry_after, retry_delay_s
-
-        cfg = self.cfg
-        delay = retry_delay_s(
-            owner.duty_att,
-            cfg["retry_base_s"],
-            cfg["retry_cap_s"],
-            self.rand(),
-            parse_retry_after(failed[2], self.clock.wall()),
-        )
+        delay = self.backoff_s(owner.duty_att, failed[2])
         owner.duty_att += 1
         owner.duty_at = self.up_s + delay
         if duty >= _D_ORDER:
@@ -556,15 +547,8 @@ class App:
             elif r[0] == result.TRANSIENT:
                 # Device-wide, as its Retry-After: an LwA outage costs the same few requests
                 # for eight slots as for one.
-                from dash.backoff import parse_retry_after, retry_delay_s
-
-                cfg = self.cfg
-                ra = parse_retry_after(r[3], self.clock.wall())
-                wait = retry_delay_s(
-                    self.lwa_att, cfg["retry_base_s"], cfg["retry_cap_s"], self.rand(), ra
-                )
+                self.lwa_at = self.up_s + self.backoff_s(self.lwa_att, r[3])
                 self.lwa_att += 1
-                self.lwa_at = self.up_s + wait
         return self._refused
 
     # -- periodic duties: decided here on uptime alone, made in `duties` ---------------------
@@ -649,6 +633,15 @@ class App:
 
         b = urandom(3)
         return b[0] << 16 | b[1] << 8 | b[2]
+
+    def backoff_s(self, attempt, retry_after=None):
+        """Seconds to wait before retry number `attempt` of anything that failed: the config's
+        retry keys, jittered, a server's Retry-After (the header's bytes) as a floor."""
+        from dash.backoff import parse_retry_after, retry_delay_s
+
+        cfg = self.cfg
+        ra = parse_retry_after(retry_after, self.clock.wall())
+        return retry_delay_s(attempt, cfg["retry_base_s"], cfg["retry_cap_s"], self.rand(), ra)
 
 
 def describe(e):

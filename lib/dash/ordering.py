@@ -83,16 +83,8 @@ def _take(app, sl, outcome, eid, code, reason, retry_after):
     else:
         if outcome == result.UNKNOWN:
             rec["unc"] = 1
-        from dash.backoff import parse_retry_after, retry_delay_s
-
         att = rec.get("att", 0)
-        delay = retry_delay_s(
-            att,
-            cfg["retry_base_s"],
-            cfg["retry_cap_s"],
-            app.rand(),
-            parse_retry_after(retry_after, app.clock.wall()),
-        )
+        delay = app.backoff_s(att, retry_after)
         rec["att"] = att + 1
         sl.deadline = app.up_s + delay
         app.log(

@@ -202,11 +202,8 @@ def _restore_slot(app, sl):
         if st == fsm.ORDERING:
             # A failed attempt like any other, so it backs off: a board that browns out in
             # every request (Wi-Fi and TLS draw the most) must not send one per boot.
-            from dash.backoff import retry_delay_s
-
             att = rec.get("att", 0)
-            cfg = app.cfg
-            rec["dr"] = retry_delay_s(att, cfg["retry_base_s"], cfg["retry_cap_s"], app.rand())
+            rec["dr"] = app.backoff_s(att)
             rec["dw"] = 0
             rec["att"] = att + 1
             st = fsm.RETRY
