@@ -192,8 +192,9 @@ def _config(app, obj, cid, link):
             touched.append(raw.get("slot_id"))
         else:
             return "'%s' cannot be set by a command" % k
+    saved = None if app.running else _saved(app)  # read once, however many slots changed
     for sid in touched:
-        st = _open(app, sid)
+        st = _open(app, sid, saved)
         if st is not None:
             # New thresholds now could make the level a refill and close the episode while
             # its order is out: the same depletion would be ordered again.
@@ -225,19 +226,26 @@ def _config(app, obj, cid, link):
     return None
 
 
-def _open(app, sid):
+def _saved(app):
+    """The slots' records in state.json ({} when there are none): an idle device resumes
+    from there."""
+    from dash.app import STATE
+    from dash.store import Store
+
+    slots = (Store(app.root).load(STATE) or {}).get("slots")
+    return slots if isinstance(slots, dict) else {}
+
+
+def _open(app, sid, saved):
     """The state of slot `sid` when an order of its episode may be open, else None: from the
-    running slot, or from state.json while the device is idle (it resumes from there)."""
-    if app.running:
+    running slot, or from `saved` (`_saved`) while the device is idle."""
+    if saved is None:
         rec = st = None
         for sl in app.slots:
             if sl.id == sid:
                 rec, st = sl.rec, sl.fsm.durable()
     else:
-        from dash.app import STATE
-        from dash.store import Store
-
-        rec = ((Store(app.root).load(STATE) or {}).get("slots") or {}).get(sid)
+        rec = saved.get(sid)
         st = rec.get("st") if isinstance(rec, dict) else None
     if st == fsm.SUSPENDED and isinstance(rec, dict):
         st = rec.get("sp")
