@@ -995,9 +995,11 @@ class Emulator:
 
     def _spawn(self, target, *args):
         t = threading.Thread(target=self._run, args=(target, *args), daemon=True)
+        # Started under the lock: `stop` joins every thread it finds in the set, and a thread
+        # joined before it started raises (a busy machine widened that gap).
         with self._lock:
             self._threads.add(t)
-        t.start()
+            t.start()
 
     def _run(self, target, *args):
         try:
