@@ -280,8 +280,10 @@ class HX711:
         line(sck).listener = self.sck
 
     def _settle(self):
-        """A transfer is over once the next conversion is ready: its pulses chose that one."""
-        if self.pulses and time.ticks_diff(time.ticks_ms(), self.ready_at) >= 0:
+        """A transfer is over once it had its 25 to 27 pulses and the next conversion is ready:
+        its pulses chose that one. With fewer the chip waits for the rest, however long the
+        host took (a busy test machine may pause the process between two pulses)."""
+        if self.pulses >= 25 and time.ticks_diff(time.ticks_ms(), self.ready_at) >= 0:
             if 25 <= self.pulses <= 27:
                 self.setting = self.pulses
             self.pulses = 0
@@ -330,6 +332,11 @@ class HX711:
             self.pulses += 1
             p = self.pulses
             self.bit = (self.data >> (24 - p)) & 1 if p <= 24 else 1
+            if p >= 25:
+                # DOUT stays high a conversion's time after the transfer: on a chip the 25
+                # pulses take microseconds, here Python's time, which may be longer than
+                # `period_ms` (the driver checks DOUT is high right after them).
+                self.ready_at = time.ticks_add(time.ticks_ms(), self.period_ms)
             return
         high = time.ticks_diff(time.ticks_us(), self.high_at)
         if high > self.max_high_us:
