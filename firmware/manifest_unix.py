@@ -16,7 +16,6 @@
 # `dash` itself is frozen exactly as manifest.py freezes it (same package, same options).
 # ruff: noqa: F821 - include(), require(), package() are provided by MicroPython's build.
 
-include("$(PORT_DIR)/variants/standard/manifest.py")
-require("umqtt.simple")
+include("manifest_stock_unix.py")  # the port's own frozen set, and umqtt.simple
 
 package("dash", base_path="../lib")

@@ -77,20 +77,10 @@ def harness_held(exe, art, lib):
     return held
 
 
-def _pools(text):
-    """Each `qstr pool:` line of micropython.qstr_info(), as a dict of its numbers."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("qstr pool:"):
-            f = dict(kv.strip().split("=") for kv in line.split(":", 1)[1].split(","))
-            out.append({k: int(v) for k, v in f.items()})
-    return out
-
-
 def harness_names(exe, art, lib):
     """Names the harness interns that no firmware module does (they are in the week's count)."""
     mods = sorted(p.stem for p in LIB.glob("*.py") if p.stem != "bench")
-    pools = _pools(_micropython(exe, ["names", ",".join(mods)], _path(art, lib)))
+    pools = bench.qstr_pools(_micropython(exe, ["names", ",".join(mods)], _path(art, lib)))
     return pools[2]["n_qstr"] - pools[1]["n_qstr"]
 
 
@@ -204,7 +194,7 @@ def heap_at_replenish(b, variant, exe, cross, art, lib, held, work):
     lines = text.splitlines()
     # Each request of the cycle: its line, then the qstr pools' line qstr_info() printed.
     seen = [
-        (json.loads(ln[len("@request ") :]), _pools(lines[i + 1])[0])
+        (json.loads(ln[len("@request ") :]), bench.qstr_pools(lines[i + 1])[0])
         for i, ln in enumerate(lines)
         if ln.startswith("@request ")
     ]

@@ -38,6 +38,7 @@ Prints each built binary's path, one a line.
 
 import argparse
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -76,8 +77,8 @@ _UNIX32 = [
     "LDFLAGS_EXTRA=-m32",
 ]
 VARIANTS = {
-    "unix32": {"make": _UNIX32, "manifest": STOCK, "dash": False},
-    "unix32-frozen": {"make": _UNIX32, "manifest": MANIFEST, "dash": True},
+    "unix32": {"make": _UNIX32, "manifest": STOCK},
+    "unix32-frozen": {"make": _UNIX32, "manifest": MANIFEST},  # includes STOCK
 }
 ALL = ("mpy-cross", *VARIANTS)
 
@@ -108,6 +109,7 @@ def mpy_dir(arg=None):
     return tree
 
 
+@functools.cache  # once per tree and run: it walks thousands of files
 def _tree_hash(tree):
     """A hash of the files the unix port's build reads: paths, sizes and mtimes (checking out
     or unpacking another version changes them; hashing contents would read ~100 MB of a full
@@ -127,11 +129,12 @@ def _tree_hash(tree):
     return h.hexdigest()
 
 
-def _inputs_hash(manifest, dash):
-    """A build's frozen inputs of ours, by content: its manifest, and the package when it
-    freezes `dash`."""
+def _inputs_hash(manifest):
+    """A build's frozen inputs of ours, by content: the manifests, and the package when the
+    build freezes `dash`."""
     h = hashlib.sha256()
-    for p in [manifest, *(sorted((REPO / "lib" / "dash").glob("*.py")) if dash else ())]:
+    dash = sorted((REPO / "lib" / "dash").glob("*.py")) if manifest == MANIFEST else []
+    for p in [STOCK, MANIFEST, *dash]:
         h.update(p.relative_to(REPO).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -239,14 +242,13 @@ def build(variant, tree=None, verbose=False):
             "mpy_dir": str(tree),
             "tree": _tree_hash(tree),
             "make": args,
-            "inputs": _inputs_hash(spec["manifest"], spec["dash"]),
+            "inputs": _inputs_hash(spec["manifest"]),
         }
         stamp = out / "stamp.json"
         have = _stamp(stamp)
         if exe.is_file() and have == want:
             return exe
-        if "-m32" in " ".join(args):
-            _check_m32()
+        _check_m32()
         if have is None or any(have.get(k) != want[k] for k in ("mpy_dir", "tree", "make")):
             shutil.rmtree(out, ignore_errors=True)
         else:

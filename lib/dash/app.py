@@ -524,13 +524,11 @@ class App:
                 hold_interrupt()
             try:
                 # The room for LwA's answer first, then the code: big blocks while the heap
-                # has them, the code's small ones in what holes are left.
-                try:
-                    from dash.tokens import room
+                # has them, the code's small ones in what holes are left. (None: `lwa` tries
+                # again, and says so when it cannot.)
+                from dash.tokens import room
 
-                    reserve = room()
-                except MemoryError:
-                    reserve = None  # `lwa` tries again, and says so when it cannot
+                reserve = room()
                 self._refused = lib("lwa").refresh(self, reserve)
                 del reserve
             except Exception as e:  # noqa: BLE001 - a bug or MemoryError: back off, as any fault

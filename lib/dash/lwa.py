@@ -256,9 +256,8 @@ def grant(tokens, https, url, form, need_refresh, reserve=None):
     # one bigger is refused. The refresh token is made first, in the room given back; the
     # access token after it, as room allows (`parse_answer`): without it, the refresh token is
     # kept and the next refresh gets another.
-    try:
-        keep = reserve or room()
-    except MemoryError:
+    keep = reserve or room()
+    if keep is None:
         tokens.retry_after = None
         return result.TRANSIENT, "low memory: token refresh postponed"
     status, body, hdrs = https.request(

@@ -22,9 +22,11 @@ def room():
     """What a token request sets aside before it is sent (`lwa.grant`): room for the refresh
     token made at its size from the answer (which the transport's buffer holds), in a list
     that holds it alone (it is given back by emptying the list). Made before the request's
-    code is loaded: a big block first, while the heap still has it. MemoryError when it has
-    not."""
-    return [bytearray(_PIECE)]
+    code is loaded: a big block first, while the heap still has it. None when it has not."""
+    try:
+        return [bytearray(_PIECE)]
+    except MemoryError:
+        return None
 
 
 def mark(token):
